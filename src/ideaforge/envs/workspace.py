@@ -1,0 +1,141 @@
+"""Environment snapshots, trial workspaces and the cached prepare step.
+
+A campaign snapshots the environment's editable, visible and hidden files once, so
+that a user editing their environment mid-campaign cannot change what later trials
+run against, and so that hidden files come from a copy no trial workspace contains.
+Data is never copied: workspaces link to it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ideaforge.envs.spec import SPEC_NAME, EnvSpec
+from ideaforge.errors import EditRefused, EnvError
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def snapshot_env(spec: EnvSpec, dest: Path) -> list[tuple[str, str, str, int]]:
+    """Copy spec + editable/visible/hidden files into dest; return (path, cls, sha256, size) rows."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(spec.spec_path, dest / SPEC_NAME)
+    rows = []
+    for cls in ("editable", "visible", "hidden"):
+        for rel in spec.files[cls]:
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(spec.root / rel, target)
+            rows.append((rel, cls, sha256_file(target), target.stat().st_size))
+    return rows
+
+
+def read_files(spec: EnvSpec, root: Path | None = None, classes=("editable", "visible")) -> dict[str, str]:
+    """The text of the files a model may see (from `root`, default the environment itself)."""
+    base = root or spec.root
+    out: dict[str, str] = {}
+    for cls in classes:
+        for rel in spec.files[cls]:
+            try:
+                out[rel] = (base / rel).read_text()
+            except UnicodeDecodeError:
+                continue  # binary files are copied into workspaces but never shown
+    return out
+
+
+def build_workspace(spec: EnvSpec, source: Path, dest: Path, changes: dict[str, str | None] | None = None) -> None:
+    """Lay out a training workspace: editable + visible files from `source`, `changes` applied,
+    data linked (absolute symlinks into the environment), hidden files absent.
+
+    This is the last gate before anything runs: a change to a path that is not editable
+    raises EditRefused, so such a trial never starts.
+    """
+    changes = changes or {}
+    for rel in changes:
+        cls = spec.classify(rel)
+        if cls != "editable":
+            what = f"is {cls}" if cls else "lies outside every editable path"
+            raise EditRefused(f"{rel} {what}; only editable files may change: {', '.join(spec.editable_files)}")
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in spec.editable_files + spec.visible_files:
+        if rel in changes:
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / rel, target)
+    for rel, content in changes.items():
+        if content is None:
+            continue
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(content)
+    for rel in spec.data_paths:
+        link = dest / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to((spec.root / rel).resolve())
+
+
+# -- the one-time prepare step -------------------------------------------------------
+def cache_root() -> Path:
+    return Path(os.environ.get("IDEAFORGE_CACHE", Path.home() / ".cache" / "ideaforge")).expanduser()
+
+
+def prepare_key(spec: EnvSpec) -> str:
+    """What the prepared output depends on: the spec and the non-editable files (not train code)."""
+    h = hashlib.sha256(spec.spec_path.read_bytes())
+    for cls in ("visible", "hidden"):
+        for rel in spec.files[cls]:
+            h.update(f"{cls}:{rel}\0".encode())
+            h.update((spec.root / rel).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def ensure_prepared(spec: EnvSpec, log=print) -> Path | None:
+    """Run the environment's [prepare] command once per machine; return its cached output dir."""
+    if not spec.prepare_command:
+        return None
+    root = cache_root() / "prepared"
+    final = root / f"{spec.name}-{prepare_key(spec)}"
+    if (final / ".complete").exists():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{final.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # a second campaign waits for the first one's prepare
+        if (final / ".complete").exists():
+            return final
+        log(f"preparing {spec.name} (one time, cached in {final}) ...")
+        with tempfile.TemporaryDirectory(prefix="prepare-", dir=root) as tmp:
+            work, out = Path(tmp) / "work", Path(tmp) / "out"
+            snapshot_env(spec, work)
+            for rel in spec.data_paths:
+                (work / rel).parent.mkdir(parents=True, exist_ok=True)
+                (work / rel).symlink_to((spec.root / rel).resolve())
+            out.mkdir()
+            env = dict(os.environ, IDEAFORGE_PREPARED=str(out), IDEAFORGE_THREADS=str(spec.cpus))
+            env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+            try:
+                proc = subprocess.run(spec.prepare_command, shell=True, cwd=work, env=env, capture_output=True,
+                                      text=True, timeout=spec.prepare_timeout_s, start_new_session=True)
+            except subprocess.TimeoutExpired:
+                raise EnvError(f"{spec.name}: prepare step `{spec.prepare_command}` exceeded {spec.prepare_timeout_s:.0f} s") from None
+            if proc.returncode != 0:
+                tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
+                raise EnvError(f"{spec.name}: prepare step `{spec.prepare_command}` exited {proc.returncode}:\n{tail}")
+            (out / ".complete").write_text("ok\n")
+            if final.exists():
+                shutil.rmtree(final)
+            out.rename(final)
+    return final

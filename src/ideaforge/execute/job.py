@@ -1,0 +1,57 @@
+"""The job description a worker runs, and the closed vocabulary of trial outcomes."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# The closed set of ways a trial ends. Classified where they arise (the worker), never
+# by matching messages afterwards.
+OUTCOMES = (
+    "evaluated",  # trained, evaluated, metric recorded
+    "failed",     # training exited non-zero (exit code and log tail in the reason)
+    "timeout",    # killed at the hard timeout, with its whole process tree
+    "oom",        # died of memory exhaustion (MemoryError, CUDA OOM, or the kernel's OOM kill)
+    "diverged",   # the evaluator measured a non-finite metric
+    "no_result",  # trained, but the evaluator found nothing to score or could not finish
+    "invalid",    # the evaluator caught a rule break (future-token leak, tampered vocab...)
+)
+
+
+@dataclass
+class Job:
+    trial_id: int
+    run_command: str
+    evaluate_command: str
+    budget_s: float              # training budget the code must respect, seconds
+    timeout_s: float             # hard kill of the training process tree, seconds
+    evaluate_timeout_s: float    # hard kill of the evaluator, seconds
+    seed: int
+    cpus: int                    # threads pinned for the trial
+    gpus: int                    # GPUs the trial needs; ids are leased at launch
+    metric: str
+    hidden_src: str              # campaign snapshot directory holding the pristine hidden files
+    hidden: dict[str, str] = field(default_factory=dict)  # rel path -> sha256
+    data: dict[str, str] = field(default_factory=dict)    # rel path -> absolute path
+    prepared: str | None = None  # cached [prepare] output, if any
+    memory_gb: float | None = None
+    role: str = "candidate"
+
+    @classmethod
+    def load(cls, trial_dir: Path) -> "Job":
+        return cls(**json.loads((trial_dir / "job.json").read_text()))
+
+
+def write_job(trial_dir: Path, job: Job) -> None:
+    atomic_write_json(trial_dir / "job.json", asdict(job))
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
