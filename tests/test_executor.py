@@ -33,7 +33,8 @@ def run_one(tmp_path, train=None, changes=None, slots=1, **kw) -> dict:
             (json.dumps(changes),))
         impl = cur.lastrowid
     tid = camp.store.add_trial("candidate", seed=3, budget_s=camp.spec.budget_s, implementation_id=impl)
-    TrialRunner(camp, LocalExecutor(slots=slots)).drain()
+    with LocalExecutor(slots=slots) as ex:
+        TrialRunner(camp, ex).drain()
     trial = camp.store.trial(tid)
     trial["dir"] = camp.store.trial_dir(tid)
     return trial

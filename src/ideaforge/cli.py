@@ -84,7 +84,8 @@ def run_trials(campaign: Campaign, executor: LocalExecutor, total: int) -> None:
 
     runner = TrialRunner(campaign, executor, on_event)
     try:
-        runner.drain()
+        with executor:
+            runner.drain()
     except KeyboardInterrupt:
         _say("\nstopping: killing running trials (they are re-queued) ...")
         runner.stop()

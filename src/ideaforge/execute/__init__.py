@@ -2,10 +2,6 @@
 
 Backends share one contract: a prepared trial directory (workspace + job.json) goes
 in, `record.json` written by the worker comes out. See `worker.py` for what a trial
-sees and `local.py` for the local slot pool.
+sees and `local.py` for the local slot pool. Nothing is imported here, so that a
+worker process starts as fast as it can.
 """
-
-from ideaforge.execute.job import Job, OUTCOMES, write_job
-from ideaforge.execute.local import LocalExecutor
-
-__all__ = ["Job", "LocalExecutor", "OUTCOMES", "write_job"]

@@ -45,13 +45,16 @@ class Job:
 
 
 def write_job(trial_dir: Path, job: Job) -> None:
-    atomic_write_json(trial_dir / "job.json", asdict(job))
+    # Not fsynced: after a crash before the worker starts, the trial is prepared afresh.
+    atomic_write_json(trial_dir / "job.json", asdict(job), durable=False)
 
 
-def atomic_write_json(path: Path, obj) -> None:
+def atomic_write_json(path: Path, obj, durable: bool = True) -> None:
+    """Write-then-rename, so readers see the old file or the whole new one, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
     os.replace(tmp, path)

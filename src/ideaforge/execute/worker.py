@@ -1,7 +1,7 @@
 """One trial, start to finish: train, evaluate, write `record.json`.
 
-Run as `python -m ideaforge.execute.worker TRIAL_DIR [--gpus 0,1]`, detached in its
-own session, so that it outlives a controller killed with SIGKILL and finishes its
+Run as `python -m ideaforge.execute.worker` with the trial handed over on stdin (see
+`main`), detached in its own session, so that it outlives a controller killed with SIGKILL and finishes its
 trial; the controller re-attaches or collects the record later. The Ray backend calls
 `run_trial` directly.
 
@@ -18,20 +18,21 @@ Trial directory layout:
 
 from __future__ import annotations
 
-import ctypes
+import hashlib
 import json
 import math
 import os
 import re
 import resource
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
-from ideaforge.envs.workspace import sha256_file
 from ideaforge.execute.job import Job, atomic_write_json
 
 # Environment variables never passed to a trial: credentials by name pattern.
@@ -80,6 +81,8 @@ def trial_environ(job: Job, trial_dir: Path, gpu_ids: list[str]) -> dict[str, st
 # -- process-tree control ---------------------------------------------------------------
 def _become_subreaper() -> None:
     """Orphaned descendants (even ones that setsid away) get re-parented to us, so we can kill them."""
+    import ctypes  # here, not at the top: every worker start pays for top-level imports
+
     try:
         PR_SET_CHILD_SUBREAPER = 36
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
@@ -137,6 +140,22 @@ def _limits(memory_gb: float | None):
     return apply
 
 
+def _wait(proc: subprocess.Popen, timeout_s: float) -> int | None:
+    """Exit code, or None at the timeout. A pidfd wakes us at exit (Popen.wait polls in sleeps)."""
+    try:
+        fd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        try:
+            return proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+    try:
+        ready, _, _ = select.select([fd], [], [], timeout_s)
+    finally:
+        os.close(fd)
+    return proc.wait() if ready else None
+
+
 def run_group(cmd: str, cwd: Path, env: dict[str, str], timeout_s: float, log_prefix: Path,
               memory_gb: float | None = None) -> tuple[int | None, bool, float]:
     """Run `cmd` in its own session; kill the whole tree at the timeout and afterwards.
@@ -150,9 +169,8 @@ def run_group(cmd: str, cwd: Path, env: dict[str, str], timeout_s: float, log_pr
                                 stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_limits(memory_gb))
         _current = proc
         timed_out = False
-        try:
-            rc: int | None = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
+        rc = _wait(proc, timeout_s)
+        if rc is None:
             timed_out = True
             _kill_tree(proc, signal.SIGTERM)
             try:
@@ -244,7 +262,7 @@ def copy_hidden_from_snapshot(job: Job, dest: Path) -> None:
     for rel, digest in job.hidden.items():
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(src / rel, dest / rel)
-        if sha256_file(dest / rel) != digest:
+        if hashlib.sha256((dest / rel).read_bytes()).hexdigest() != digest:
             raise RuntimeError(f"hidden file {rel} does not match the campaign snapshot; refusing to evaluate")
 
 
@@ -274,7 +292,8 @@ def run_trial(trial_dir: Path, gpu_ids: list[str] | None = None) -> dict:
     trial_dir = Path(trial_dir).resolve()
     job = Job.load(trial_dir)
     gpu_ids = gpu_ids or []
-    atomic_write_json(trial_dir / "worker.json", {"pid": os.getpid(), "started_at": time.time(), "gpus": gpu_ids})
+    atomic_write_json(trial_dir / "worker.json", {"pid": os.getpid(), "started_at": time.time(), "gpus": gpu_ids},
+                      durable=False)
     _become_subreaper()
     started = time.time()
     out_dir = trial_dir / "out"
@@ -306,17 +325,32 @@ def _on_term(signum, frame):  # the controller stops this trial: take its whole 
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print("usage: python -m ideaforge.execute.worker TRIAL_DIR [--gpus 0,1]", file=sys.stderr)
-        return 2
-    gpus = []
-    if "--gpus" in argv:
-        i = argv.index("--gpus")
-        gpus = [g for g in argv[i + 1].split(",") if g]
+    """Serve trials handed over on stdin, one JSON line each: {"dir": ..., "gpus": [...]}.
+
+    After each trial's record is written, the worker answers "done" on stdout and waits
+    for the next. EOF (the controller is gone or let it go) ends it, but only between
+    trials: a trial in progress is finished first, so a controller killed with SIGKILL
+    loses nothing.
+    """
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the controller, which decides
-    run_trial(Path(argv[0]), gpus)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        order = json.loads(line)
+        trial_dir = Path(order["dir"])
+        os.chdir(trial_dir)  # the controller finds this worker again by its cwd
+        try:
+            run_trial(trial_dir, [str(g) for g in order.get("gpus", [])])
+        except Exception:  # the edge of a trial: a worker bug must not re-queue it forever
+            atomic_write_json(trial_dir / "record.json", {
+                "outcome": "failed", "reason": "ideaforge worker error:\n" + traceback.format_exc(limit=5),
+                "ended_at": time.time()})
+        os.chdir("/")
+        try:
+            print("done", flush=True)
+        except BrokenPipeError:
+            return 0
     return 0
 
 
