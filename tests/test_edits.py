@@ -1,0 +1,138 @@
+"""Edit parsing and application: the whole corpus, plus the rules that keep edits safe."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from ideaforge.errors import EditRefused
+from ideaforge.implement.apply import apply_edits
+from ideaforge.implement.edits import FileEdit, Hunk, normalise_path, parse_reply
+
+_BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "apply_corpus.py"
+_spec = importlib.util.spec_from_file_location("apply_corpus", _BENCH)
+corpus = importlib.util.module_from_spec(_spec)
+sys.modules["apply_corpus"] = corpus  # dataclasses look their module up there
+_spec.loader.exec_module(corpus)
+
+CASES = corpus.case_dirs()
+
+
+@pytest.fixture(scope="module")
+def env():
+    spec = corpus.load_env(corpus.CORPUS / "_env")
+    return spec, corpus.baseline_files(spec)
+
+
+def test_corpus_is_large_enough():
+    assert len(CASES) >= 45
+    assert sum((c / "after").is_dir() for c in CASES) >= 20
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_corpus_case(case, env):
+    spec, files = env
+    r = corpus.run_case(case, spec, files)
+    assert r.verdict == "ok", f"{r.verdict}: {r.detail}"
+
+
+# ---- paths ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, prefix, want",
+    [("./train.py", None, "train.py"), ("b/model/layers.py", "b/", "model/layers.py"),
+     ("model\\layers.py", None, "model/layers.py"), ("`train.py`", None, "train.py"), ("a/x.py", None, "a/x.py")],
+)
+def test_normalise_path(raw, prefix, want):
+    assert normalise_path(raw, prefix) == want
+
+
+@pytest.mark.parametrize("raw, why", [("../x.py", "leaves the environment"), ("model/../../x.py", "leaves"),
+                                      ("/etc/passwd", "absolute"), ("C:/x.py", "absolute")])
+def test_normalise_path_refuses(raw, why):
+    with pytest.raises(EditRefused, match=why):
+        normalise_path(raw)
+
+
+# ---- matching ------------------------------------------------------------------------
+
+TWICE = "def f():\n    return 1\n\n\ndef g():\n    return 1\n"
+
+
+def _edit(old, new, hint=None, path="m.py"):
+    return [FileEdit(path, "modify", [Hunk(old, new, hint)])]
+
+
+def test_ambiguous_block_is_refused_without_exact_hint():
+    with pytest.raises(EditRefused, match="occur 2 times"):
+        apply_edits({"m.py": TWICE}, _edit(["    return 1"], ["    return 2"]))
+    with pytest.raises(EditRefused, match="occur 2 times"):
+        apply_edits({"m.py": TWICE}, _edit(["    return 1"], ["    return 2"], hint=3))
+
+
+def test_exact_hint_picks_one_of_several():
+    out = apply_edits({"m.py": TWICE}, _edit(["    return 1"], ["    return 2"], hint=6)).files["m.py"]
+    assert out == "def f():\n    return 1\n\n\ndef g():\n    return 2\n"
+
+
+BLOCK = [f"value_{i} = compute_something({i}, scale=1.0)" for i in range(8)]
+
+
+def test_fuzzy_accepts_slight_context_drift_and_keeps_file_context():
+    text = "\n".join(BLOCK) + "\n"
+    old = list(BLOCK[:5])
+    old[0] = old[0].replace("1.0", "1.5")  # context the model misremembers
+    new = old[:2] + ["value_2 = 0"] + old[3:]
+    res = apply_edits({"m.py": text}, _edit(old, new))
+    assert res.files["m.py"].splitlines()[:3] == [BLOCK[0], BLOCK[1], "value_2 = 0"]
+    assert res.changes["m.py"].methods[0].startswith("fuzzy")
+
+
+def test_fuzzy_refuses_below_threshold():
+    text = "\n".join(BLOCK) + "\n"
+    old = [BLOCK[0].replace("compute_something", "other_function_name")] + BLOCK[1:3]
+    with pytest.raises(EditRefused, match="similarity 0.8"):
+        apply_edits({"m.py": text}, _edit(old, [old[0], "x = 1", old[2]]))
+
+
+def test_fuzzy_refuses_two_equally_good_places():
+    text = "a = 1\nb = 2\nc = 3\n\nx = 0\n\na = 1\nb = 2\nc = 3\n"
+    with pytest.raises(EditRefused, match="two places"):
+        apply_edits({"m.py": text}, _edit(["a = 1", "b = 2", "c = 4"], ["a = 1", "b = 2", "c = 4", "d = 5"]))
+
+
+def test_line_endings_and_missing_final_newline_are_kept():
+    res = apply_edits({"m.py": "a = 1\r\nb = 2"}, _edit(["b = 2"], ["b = 3", "c = 4"]))
+    assert res.files["m.py"] == "a = 1\r\nb = 3\r\nc = 4"
+
+
+def test_refusal_changes_nothing_and_reports_every_hunk():
+    files = {"m.py": "a = 1\nb = 2\n"}
+    edits = [FileEdit("m.py", "modify", [Hunk(["zz"], ["y"]), Hunk(["b = 2"], ["b = 3"]), Hunk(["qq"], ["y"])])]
+    with pytest.raises(EditRefused) as e:
+        apply_edits(files, edits)
+    assert "hunk 1 of 3" in str(e.value) and "hunk 3 of 3" in str(e.value)
+    assert files == {"m.py": "a = 1\nb = 2\n"}
+
+
+def test_parse_recounts_hunks_and_strips_prose():
+    reply = "Sure!\n```diff\n--- a/m.py\n+++ b/m.py\n@@ -1,9 +1,9 @@\n a = 1\n-b = 2\n+b = 3\n```\nDone.\n"
+    (e,) = parse_reply(reply)
+    assert (e.path, e.kind, e.hunks[0].old_lines, e.hunks[0].new_lines) == ("m.py", "modify", ["a = 1", "b = 2"], ["a = 1", "b = 3"])
+
+
+def test_parse_search_replace_with_file_label():
+    reply = "File: model/x.py\n<<<<<<< SEARCH\na\n=======\nb\n>>>>>>> REPLACE\n"
+    (e,) = parse_reply(reply)
+    assert (e.path, e.hunks[0].old_lines, e.hunks[0].new_lines) == ("model/x.py", ["a"], ["b"])
+
+
+def test_blank_line_inside_undercounted_hunk_does_not_end_it():
+    # header claims 1/1 lines; the blank line is context and the hunk goes on after it
+    reply = "--- a/m.py\n+++ b/m.py\n@@ -1,1 +1,1 @@\n a = 1\n\n-b = 2\n+b = 3\n"
+    (e,) = parse_reply(reply)
+    assert e.hunks[0].old_lines == ["a = 1", "", "b = 2"]
