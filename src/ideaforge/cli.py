@@ -23,6 +23,9 @@ from ideaforge.execute.local import LocalExecutor
 from ideaforge.search.campaign import Campaign, TrialRunner
 
 
+DEFAULT_MODEL = "anthropic:claude-sonnet-4-5"
+
+
 def _say(msg: str = "") -> None:
     print(msg, flush=True)
 
@@ -192,6 +195,60 @@ def cmd_baseline(args) -> int:
     return 0 if values else 1
 
 
+def smoke_check(spec: EnvSpec, source: Path, prepared: Path | None):
+    from ideaforge.execute.smoke import run_smoke
+
+    def check(changes: dict[str, str | None]) -> str | None:
+        result = run_smoke(spec, source, changes, prepared)
+        return None if result.ok else result.message
+    return check
+
+
+def cmd_implement(args) -> int:
+    from ideaforge.envs.workspace import ensure_prepared
+    from ideaforge.implement.implementer import Implementer
+    from ideaforge.llm import check_key
+
+    spec = load_env(args.env)
+    check_key(args.model)  # a missing key is an error before any work starts
+    idea = Path(args.idea[1:]).read_text() if args.idea.startswith("@") else args.idea
+    root = Path(args.dir) if args.dir else default_dir("implement", spec.name)
+    campaign = Campaign.create(root, spec, {"command": "implement", "model": args.model, "samples": args.samples,
+                                            "repairs": args.repairs})
+    store = campaign.store
+    prepared = ensure_prepared(spec, log=_say) if spec.smoke_command or args.run else None
+    smoke = None if args.no_smoke else smoke_check(spec, store.env_dir, prepared)
+    baseline = read_files(spec, store.env_dir)
+    impl = Implementer(spec, baseline, args.model, samples=args.samples, repairs=args.repairs, smoke=smoke,
+                       recorder=store.add_llm_call, thinking_budget=args.thinking_budget)
+    idea_id = store.add_idea(0, "manual", idea.strip().splitlines()[0][:120], idea.strip(), origin={"source": "cli"})
+    _say(f"implementing with {args.model}: {args.samples} sample(s), up to {args.repairs} repair(s) each ...")
+    t0 = time.monotonic()
+    result = impl.implement(idea)
+    impl_id = store.add_implementation(idea_id, result.ok, result.diff, result.files, result.attempts_json(), result.error)
+    store.set_idea_status(idea_id, "implemented" if result.ok else "implement_failed")
+    for a in result.attempts:
+        first = (a.error or "").strip().splitlines()
+        _say(f"  sample {a.sample} round {a.round}: {a.stage}" + (f" — {first[0][:100]}" if first else ""))
+    calls = store.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd),0), COALESCE(SUM(input_tokens),0), "
+                          "COALESCE(SUM(output_tokens),0) FROM llm_calls").fetchone()
+    _say(f"{calls[0]} model call(s), {calls[2]} tokens in, {calls[3]} out, ${calls[1]:.4f}, {time.monotonic() - t0:.1f} s")
+    if not result.ok:
+        _say(f"FAILED: {result.error}")
+        _say(f"every attempt is stored in {store.root / 'campaign.db'}")
+        return 1
+    _say(result.summary)
+    _say(result.diff)
+    if not args.run:
+        _say(f"stored in {store.root}; add --run to train and evaluate it")
+        return 0
+    tid = store.add_trial("candidate", seed=0, budget_s=args.budget or spec.budget_s, implementation_id=impl_id)
+    run_trials(campaign, make_executor(args, spec), 1)
+    t = store.trial(tid)
+    _say(f"result: {t['outcome']}" + (f", {spec.metric} = {t['metric']:.4f}" if t["metric"] is not None else ""))
+    return 0 if t["outcome"] == "evaluated" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ideaforge", description="Execution-grounded automated AI research.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -218,6 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--resume", metavar="DIR", help="finish an interrupted baseline campaign")
     _executor_args(base)
     base.set_defaults(func=cmd_baseline)
+
+    imp = sub.add_parser("implement", help="implement one idea as a checked edit (and optionally run it)")
+    imp.add_argument("env", help="a built-in name or a directory with an ideaforge.toml")
+    imp.add_argument("idea", help="the idea in words, or @FILE to read it from a file")
+    imp.add_argument("--model", default=os.environ.get("IDEAFORGE_MODEL", DEFAULT_MODEL),
+                     help="e.g. anthropic:claude-sonnet-4-5, openai:gpt-5, openai-compatible:NAME@http://127.0.0.1:8000/v1")
+    imp.add_argument("--samples", type=int, default=3, help="edits sampled in parallel (default 3)")
+    imp.add_argument("--repairs", type=int, default=2, help="repairs per sample from the apply/check error (default 2)")
+    imp.add_argument("--thinking-budget", type=int, help="Anthropic extended-thinking tokens")
+    imp.add_argument("--no-smoke", action="store_true", help="skip the smoke run (syntax is still checked)")
+    imp.add_argument("--run", action="store_true", help="train and evaluate the implementation as a trial")
+    imp.add_argument("--budget", type=float, help="training seconds for --run (default: the environment's)")
+    imp.add_argument("--dir", help="campaign directory (default: runs/ENV-implement-TIME)")
+    _executor_args(imp)
+    imp.set_defaults(func=cmd_implement)
     return p
 
 

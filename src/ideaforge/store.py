@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -107,13 +108,16 @@ class Store:
         self.root = root
         self.conn = conn
         self.readonly = readonly
+        # One connection shared by the controller's threads (parallel model calls record
+        # themselves); the lock keeps a transaction from interleaving with other writes.
+        self.lock = threading.RLock()
 
     # -- opening ---------------------------------------------------------------
     @classmethod
     def create_or_open(cls, root: str | Path) -> "Store":
         root = Path(root).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(root / DB_NAME, timeout=30, isolation_level=None)
+        conn = sqlite3.connect(root / DB_NAME, timeout=30, isolation_level=None, check_same_thread=False)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL survives a process kill
@@ -135,7 +139,8 @@ class Store:
         db = root / DB_NAME
         if not db.is_file():
             raise StoreError(f"{root}: no campaign here (no {DB_NAME})")
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30, isolation_level=None)
+        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30, isolation_level=None,
+                               check_same_thread=False)
         conn.row_factory = sqlite3.Row
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
@@ -153,7 +158,11 @@ class Store:
                 self.conn.execute(f"PRAGMA user_version={i + 1}")
 
     def tx(self):
-        return _Tx(self.conn)
+        return _Tx(self.conn, self.lock)
+
+    def execute(self, sql: str, args: tuple | list = ()) -> sqlite3.Cursor:
+        with self.lock:
+            return self.conn.execute(sql, args)
 
     def close(self) -> None:
         self.conn.close()
@@ -168,30 +177,30 @@ class Store:
 
     # -- meta ------------------------------------------------------------------
     def set_meta(self, key: str, value: Any) -> None:
-        self.conn.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        self.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
     def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        row = self.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
     def set_env_files(self, rows: Iterable[tuple[str, str, str, int]]) -> None:
         with self.tx():
-            self.conn.execute("DELETE FROM env_files")
+            self.execute("DELETE FROM env_files")
             self.conn.executemany("INSERT INTO env_files(path, cls, sha256, size) VALUES (?, ?, ?, ?)", list(rows))
 
     def env_files(self) -> list[sqlite3.Row]:
-        return self.conn.execute("SELECT * FROM env_files ORDER BY cls, path").fetchall()
+        return self.execute("SELECT * FROM env_files ORDER BY cls, path").fetchall()
 
     # -- trials ----------------------------------------------------------------
     def add_trial(self, role: str, seed: int, budget_s: float, implementation_id: int | None = None) -> int:
-        cur = self.conn.execute(
+        cur = self.execute(
             "INSERT INTO trials(implementation_id, role, seed, budget_s, created) VALUES (?, ?, ?, ?, ?)",
             (implementation_id, role, seed, budget_s, time.time()),
         )
         return int(cur.lastrowid)
 
     def trial(self, trial_id: int) -> dict[str, Any]:
-        row = self.conn.execute("SELECT * FROM trials WHERE id = ?", (trial_id,)).fetchone()
+        row = self.execute("SELECT * FROM trials WHERE id = ?", (trial_id,)).fetchone()
         if row is None:
             raise StoreError(f"no trial {trial_id} in {self.root}")
         return _trial_dict(row)
@@ -202,26 +211,28 @@ class Store:
             sql, args = sql + " AND status = ?", args + [status]
         if role:
             sql, args = sql + " AND role = ?", args + [role]
-        return [_trial_dict(r) for r in self.conn.execute(sql + " ORDER BY id", args)]
+        with self.lock:
+            rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
+        return [_trial_dict(r) for r in rows]
 
     def mark_running(self, trial_id: int, pid: int | None = None) -> None:
-        self.conn.execute(
+        self.execute(
             "UPDATE trials SET status='running', pid=?, started=? WHERE id=? AND status IN ('queued','running')",
             (pid, time.time(), trial_id),
         )
 
     def set_pid(self, trial_id: int, pid: int) -> None:
-        self.conn.execute("UPDATE trials SET pid=? WHERE id=?", (pid, trial_id))
+        self.execute("UPDATE trials SET pid=? WHERE id=?", (pid, trial_id))
 
     def requeue(self, trial_id: int) -> None:
-        self.conn.execute(
+        self.execute(
             "UPDATE trials SET status='queued', pid=NULL, started=NULL, attempt=attempt+1 WHERE id=? AND status='running'",
             (trial_id,),
         )
 
     def finish_trial(self, trial_id: int, record: dict[str, Any]) -> bool:
         """Ingest a worker's record once. Returns False when the trial was already done."""
-        cur = self.conn.execute(
+        cur = self.execute(
             """UPDATE trials SET status='done', outcome=?, metric=?, metrics=?, curve=?, reason=?,
                    exit_code=?, train_s=?, eval_s=?, ended=?
                WHERE id=? AND status != 'done'""",
@@ -233,9 +244,53 @@ class Store:
         )
         return cur.rowcount == 1
 
+    # -- ideas and implementations -----------------------------------------------------
+    def add_idea(self, epoch: int, kind: str, title: str, description: str, code_changes: str = "",
+                 parents: list[int] | None = None, origin: dict | None = None) -> int:
+        cur = self.execute(
+            """INSERT INTO ideas(epoch, kind, title, description, code_changes, parents, origin, created)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
+            (epoch, kind, title, description, code_changes, json.dumps(parents or []), json.dumps(origin or {}), time.time()),
+        )
+        return int(cur.lastrowid)
+
+    def set_idea_status(self, idea_id: int, status: str) -> None:
+        self.execute("UPDATE ideas SET status=? WHERE id=?", (status, idea_id))
+
+    def ideas(self, epoch: int | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM ideas", []
+        if epoch is not None:
+            sql, args = sql + " WHERE epoch = ?", [epoch]
+        with self.lock:
+            rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["parents"] = json.loads(d["parents"])
+            d["origin"] = json.loads(d["origin"])
+            out.append(d)
+        return out
+
+    def add_implementation(self, idea_id: int | None, ok: bool, diff: str, files: dict, attempts: list,
+                           error: str | None) -> int:
+        cur = self.execute(
+            """INSERT INTO implementations(idea_id, status, diff, files, attempts, error, created)
+               VALUES (?, ?, ?, ?, ?, ?, ?)""",
+            (idea_id, "ok" if ok else "implement_failed", diff, json.dumps(files), json.dumps(attempts), error, time.time()),
+        )
+        return int(cur.lastrowid)
+
+    def implementations(self, idea_id: int | None = None) -> list[dict[str, Any]]:
+        sql, args = "SELECT * FROM implementations", []
+        if idea_id is not None:
+            sql, args = sql + " WHERE idea_id = ?", [idea_id]
+        with self.lock:
+            rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
+        return [dict(r) | {"files": json.loads(r["files"]), "attempts": json.loads(r["attempts"])} for r in rows]
+
     # -- model calls -------------------------------------------------------------
     def add_llm_call(self, rec: Any) -> int:
-        cur = self.conn.execute(
+        cur = self.execute(
             """INSERT INTO llm_calls(model, purpose, system, messages, reply, input_tokens, output_tokens,
                    cost_usd, latency_s, attempts, error, started_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)""",
             (
@@ -246,21 +301,30 @@ class Store:
         return int(cur.lastrowid)
 
     def llm_spend(self) -> float:
-        return float(self.conn.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()[0])
+        return float(self.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()[0])
 
 
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on error (autocommit connection otherwise)."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock):
         self.conn = conn
+        self.lock = lock
 
     def __enter__(self):
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.lock.acquire()
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self.lock.release()
+            raise
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
-        self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        try:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+        finally:
+            self.lock.release()
         return False
 
 

@@ -139,3 +139,22 @@ def ensure_prepared(spec: EnvSpec, log=print) -> Path | None:
                 shutil.rmtree(final)
             out.rename(final)
     return final
+
+
+def render_codebase(spec: EnvSpec, files: dict[str, str]) -> str:
+    """The codebase as a model sees it: editable and visible files with line numbers; hidden
+    files and data named as off limits, never shown."""
+    parts = []
+    for cls in ("editable", "visible"):
+        for rel in spec.files[cls]:
+            if rel not in files:
+                continue
+            lines = files[rel].splitlines()
+            width = len(str(len(lines)))
+            body = "\n".join(f"{i + 1:>{width}} | {line}" for i, line in enumerate(lines))
+            parts.append(f"===== {rel} ({cls}{', may be changed' if cls == 'editable' else ', read-only'}) =====\n{body}")
+    for rel in spec.hidden_files:
+        parts.append(f"===== {rel} (hidden: exists, is never shown, and may not be read, changed or imported) =====")
+    for rel in spec.data_paths:
+        parts.append(f"===== {rel}/ (data: read-only, linked into the run; not shown) =====")
+    return "\n\n".join(parts)
