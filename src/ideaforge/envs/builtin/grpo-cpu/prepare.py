@@ -24,9 +24,9 @@ from train import PROMPT_LEN, END, build_model, default_config, encode  # noqa: 
 
 SEED = 1234  # everything below is seeded from this
 NOISE = 0.30  # fraction of demonstrations with a wrong answer
-SFT_STEPS = 600  # optimizer steps of supervised fine-tuning (fixed, so the result is deterministic)
-BATCH = 128  # demonstrations per step
-LR = 1e-3  # AdamW step size
+SFT_STEPS = 450  # optimizer steps of supervised fine-tuning (fixed, so the result is deterministic)
+BATCH = 256  # demonstrations per step
+LR = 3e-3  # AdamW step size
 SEQ_LEN = PROMPT_LEN + 5  # prompt + longest answer "-99." / "198." + padding
 
 

@@ -74,7 +74,7 @@ class GPT(nn.Module):
 
 
 def default_config():
-    return {"vocab": VOCAB, "vocab_size": len(VOCAB), "block_size": 16, "n_layer": 3, "n_head": 4, "n_embd": 104}
+    return {"vocab": VOCAB, "vocab_size": len(VOCAB), "block_size": 16, "n_layer": 3, "n_head": 4, "n_embd": 80}
 
 
 def build_model(config):

@@ -1,0 +1,183 @@
+"""The built-in grpo-cpu environment, run for real: prepare, train, evaluate, catalogue."""
+
+from __future__ import annotations
+
+import json
+import os
+import py_compile
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from ideaforge.envs.spec import load_env
+
+pytest.importorskip("torch")
+
+ENV = load_env("grpo-cpu")
+THREADS = "2"
+
+
+def _copy(rels, src: Path, dst: Path) -> Path:
+    for rel in rels:
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / rel, dst / rel)
+    return dst
+
+
+def _run(cmd: str, cwd: Path, timeout: float, **env) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("IDEAFORGE_")}
+    full.update({"IDEAFORGE_THREADS": THREADS, "OMP_NUM_THREADS": THREADS, "MKL_NUM_THREADS": THREADS})
+    full.update({k: str(v) for k, v in env.items()})
+    argv = cmd.split()
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    proc = subprocess.run(argv, cwd=cwd, env=full, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def _workspace(tmp: Path, name: str, train_src: str | None = None) -> Path:
+    ws = _copy(ENV.editable_files + ENV.visible_files, ENV.root, tmp / name)
+    if train_src is not None:
+        (ws / "train.py").write_text(train_src)
+    return ws
+
+
+def _evaluate(tmp: Path, ws: Path, out: Path, prepared: Path) -> dict:
+    evdir = tmp / f"eval-{ws.name}-{out.name}"
+    if evdir.exists():
+        shutil.rmtree(evdir)
+    _copy(ENV.hidden_files, ENV.root, evdir)
+    result = evdir / "result.json"
+    _run(ENV.evaluate_command, evdir, ENV.evaluate_timeout_s, IDEAFORGE_WORKSPACE=ws, IDEAFORGE_OUT=out,
+         IDEAFORGE_PREPARED=prepared, IDEAFORGE_RESULT=result, IDEAFORGE_SEED=0)
+    return json.loads(result.read_text())
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory) -> Path:
+    """Run [prepare] once, as the executor does: cwd holds the env files, output into IDEAFORGE_PREPARED."""
+    src = _copy(ENV.editable_files + ENV.visible_files + ENV.hidden_files, ENV.root, tmp_path_factory.mktemp("grpo-src"))
+    out = tmp_path_factory.mktemp("grpo-prepared")
+    _run(ENV.prepare_command, src, ENV.prepare_timeout_s, IDEAFORGE_PREPARED=out)
+    return out
+
+
+@pytest.fixture()
+def sft_out(prepared, tmp_path) -> Path:
+    """An IDEAFORGE_OUT holding the SFT checkpoint as policy.pt: a fixed checkpoint to evaluate."""
+    out = tmp_path / "sft-out"
+    out.mkdir()
+    shutil.copy2(prepared / "sft.pt", out / "policy.pt")
+    return out
+
+
+def test_spec_is_valid():
+    assert ENV.name == "grpo-cpu" and ENV.metric == "accuracy" and ENV.goal == "max"
+    assert ENV.editable_files == ("train.py",)
+    assert "prepare.py" in ENV.visible_files
+    assert set(ENV.hidden_files) == {"evaluate.py", "eval/heldout.jsonl"}
+    assert ENV.prepare_command and ENV.smoke_command and ENV.rules
+    # the catalogue belongs to no class: never copied into a workspace nor shown
+    assert ENV.classify("catalogue/ideas.toml") is None
+
+
+@pytest.mark.slow
+def test_prepare_writes_sft_and_disjoint_training_set(prepared):
+    assert (prepared / "sft.pt").is_file()
+    train = {json.loads(line)["prompt"] for line in (prepared / "train.jsonl").read_text().splitlines()}
+    held = {json.loads(line)["prompt"] for line in (ENV.root / "eval/heldout.jsonl").read_text().splitlines()}
+    assert len(held) == 500 and len(train) == 16200 - 500
+    assert not train & held
+
+
+@pytest.mark.slow
+def test_smoke_train_then_evaluate(prepared, tmp_path):
+    ws = _workspace(tmp_path, "ws")
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = _run(ENV.smoke_command, ws, ENV.smoke_timeout_s, IDEAFORGE_OUT=out, IDEAFORGE_PREPARED=prepared,
+                IDEAFORGE_BUDGET_S=ENV.smoke_budget_s, IDEAFORGE_SEED=0)
+    assert (out / "policy.pt").is_file()
+    assert "METRIC step=" in proc.stdout
+    res = _evaluate(tmp_path, ws, out, prepared)
+    assert res["status"] == "ok", res
+    assert 0.0 <= res["metrics"]["accuracy"] <= 1.0 and res["metrics"]["n"] == 500
+
+
+@pytest.mark.slow
+def test_training_sampling_settings_cannot_change_the_score(prepared, sft_out, tmp_path):
+    base = (ENV.root / "train.py").read_text()
+    edits = [
+        ("temperature = 1.0  # sampling", "temperature = 0.1  # sampling"),
+        ("max_new_tokens = 5  # longest", "max_new_tokens = 1  # longest"),
+    ]
+    accs = []
+    for i, (old, new) in enumerate(edits):
+        assert base.count(old) == 1
+        ws = _workspace(tmp_path, f"ws{i}", base.replace(old, new))
+        res = _evaluate(tmp_path, ws, sft_out, prepared)
+        assert res["status"] == "ok", res
+        accs.append(res["metrics"]["accuracy"])
+    assert accs[0] == accs[1]
+    assert accs[0] > 0.1  # the SFT policy already solves a fair share
+
+
+@pytest.mark.slow
+def test_future_token_leak_is_invalid(prepared, sft_out, tmp_path):
+    base = (ENV.root / "train.py").read_text()
+    leaky = base.replace("is_causal=True", "is_causal=False")
+    assert leaky != base
+    res = _evaluate(tmp_path, _workspace(tmp_path, "leaky", leaky), sft_out, prepared)
+    assert res["status"] == "invalid" and "future" in res["reason"]
+
+
+@pytest.mark.slow
+def test_other_vocabulary_is_invalid(prepared, tmp_path):
+    import torch
+
+    ckpt = torch.load(prepared / "sft.pt", map_location="cpu")
+    ckpt["config"]["vocab"] = ckpt["config"]["vocab"][::-1]
+    out = tmp_path / "out"
+    out.mkdir()
+    torch.save(ckpt, out / "policy.pt")
+    res = _evaluate(tmp_path, _workspace(tmp_path, "ws"), out, prepared)
+    assert res["status"] == "invalid" and "vocabulary" in res["reason"]
+
+
+def test_no_checkpoint_is_no_result(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    res = _evaluate(tmp_path, _workspace(tmp_path, "ws"), out, tmp_path)
+    assert res["status"] == "no_result"
+
+
+def _apply_blocks(text: str, edit: str) -> str:
+    blocks = edit.split(">>>>>>> REPLACE")
+    assert blocks[-1].strip() == ""
+    for block in blocks[:-1]:
+        head, rest = block.split("<<<<<<< SEARCH\n", 1)
+        assert head.strip() == "train.py"
+        search, replace = rest.split("\n=======\n", 1)
+        search += "\n"
+        assert text.count(search) == 1, f"SEARCH occurs {text.count(search)} times:\n{search}"
+        text = text.replace(search, replace)
+    return text
+
+
+def test_catalogue_ideas_apply_and_compile(tmp_path):
+    ideas = tomllib.loads((ENV.root / "catalogue" / "ideas.toml").read_text())["idea"]
+    assert 6 <= len(ideas) <= 10
+    assert len({i["id"] for i in ideas}) == len(ideas)
+    base = (ENV.root / "train.py").read_text()
+    for idea in ideas:
+        assert idea["title"] and idea["description"]
+        new = _apply_blocks(base, idea["edit"])
+        assert new != base, idea["id"]
+        path = tmp_path / f"{idea['id']}.py"
+        path.write_text(new)
+        py_compile.compile(str(path), doraise=True)
