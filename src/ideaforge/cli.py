@@ -249,6 +249,239 @@ def cmd_implement(args) -> int:
     return 0 if t["outcome"] == "evaluated" else 1
 
 
+# -- the research loop ----------------------------------------------------------------------
+def pick_model(args) -> str | None:
+    """--model wins; --offline forces none; otherwise the first provider whose key is set."""
+    from ideaforge.llm import check_key
+
+    if getattr(args, "offline", False):
+        return None
+    if args.model:
+        check_key(args.model)
+        return args.model
+    if os.environ.get("IDEAFORGE_MODEL"):
+        check_key(os.environ["IDEAFORGE_MODEL"])
+        return os.environ["IDEAFORGE_MODEL"]
+    if os.environ.get("ANTHROPIC_API_KEY"):
+        return DEFAULT_MODEL
+    if os.environ.get("OPENAI_API_KEY"):
+        return "openai:gpt-5"
+    return None
+
+
+def build_search(campaign: Campaign, cfg, executor, on_event):
+    from ideaforge.ideate import ModelIdeator, offline_ideator
+    from ideaforge.search.loop import Search
+
+    spec = campaign.spec
+    if cfg.model:
+        ideator = ModelIdeator(cfg.model, recorder=campaign.store.add_llm_call)
+    else:
+        ideator = offline_ideator(spec)
+    smoke = smoke_check(spec, campaign.store.env_dir, campaign.prepared(log=_say)) if cfg.model else None
+    return Search(campaign, executor, ideator, cfg, on_event=on_event, smoke=smoke)
+
+
+def search_events(campaign: Campaign, cfg):
+    spec = campaign.spec
+    t0 = time.monotonic()
+    state = {"done": 0}
+
+    def on_event(kind: str, info: dict) -> None:
+        stamp = f"{time.monotonic() - t0:6.0f}s"
+        if kind == "epoch":
+            _say(f"{stamp} == epoch {info['epoch'] + 1}/{info['epochs']} ==")
+        elif kind == "ideas":
+            _say(f"{stamp}   {info['count']} ideas")
+        elif kind == "implemented":
+            status = "implemented" if info["ok"] else f"implement_failed ({(info['error'] or '').splitlines()[0][:90]})"
+            _say(f"{stamp}   idea {info['idea']}: {status}: {info['title'][:70]}")
+        elif kind == "finished":
+            state["done"] += 1
+            t = campaign.store.trial(info["trial"])
+            what = "baseline" if t["role"] == "baseline" else f"{t['role']} (impl {t['implementation_id']})"
+            value = f"{spec.metric} = {fmt_metric(info.get('metric'))}" if info["outcome"] == "evaluated" else info["outcome"]
+            _say(f"{stamp}   trial {info['trial']} {what}: {value}")
+        elif kind == "epoch_done":
+            print_progress(campaign, prefix=f"{stamp}   ")
+        elif kind == "confirm":
+            _say(f"{stamp} == confirming the top {len(info['ideas'])} idea(s) with {cfg.confirm_seeds} seeds ==")
+        elif kind in ("attached", "requeued"):
+            _say(f"{stamp}   trial {info['trial']}: {kind}")
+        elif kind == "log":
+            _say(info["message"])
+    return on_event
+
+
+def print_progress(campaign: Campaign, prefix: str = "") -> None:
+    from ideaforge.search.judge import leaderboard
+
+    spec = campaign.spec
+    base, rows = leaderboard(campaign.store, spec.goal)
+    best = next((r for r in rows if r["stats"]), None)
+    q = campaign.store.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall()
+    counts = {r[0]: r[1] for r in q}
+    _say(f"{prefix}baseline {base.fmt() if base else '-'} | best {best['stats'].mean:.4f} ({best['title'][:40]})"
+         if best else f"{prefix}baseline {base.fmt() if base else '-'} | no evaluated idea yet")
+    _say(f"{prefix}trials: {counts.get('done', 0)} done, {counts.get('running', 0)} running, "
+         f"{counts.get('queued', 0)} queued | model spend ${campaign.store.llm_spend():.2f}")
+
+
+def run_search(campaign: Campaign, cfg, args) -> int:
+    executor = make_executor(args, campaign.spec)
+    search = build_search(campaign, cfg, executor, search_events(campaign, cfg))
+    try:
+        with executor:
+            why = search.run()
+    except KeyboardInterrupt:
+        _say("\nstopping: killing running trials (they are re-queued) ...")
+        search.runner.stop()
+        search._save_elapsed()
+        _say(f"stopped. Resume with: ideaforge resume {campaign.root}")
+        return 130
+    _say()
+    _say(f"campaign {why}.")
+    print_status(campaign)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from ideaforge.search.loop import SearchConfig, config_dict
+
+    spec = load_env(args.env)
+    model = pick_model(args)
+    if model is None:
+        _say("no model configured (no --model, no ANTHROPIC_API_KEY or OPENAI_API_KEY): using the offline "
+             "ideators (the environment's idea catalogue and numeric-setting moves), which need no key.")
+    else:
+        _say(f"model: {model} ideates and implements")
+    cfg = SearchConfig(mode=args.mode, epochs=args.epochs, ideas=args.ideas, budget_s=args.budget,
+                       baseline_seeds=args.baseline_seeds, confirm_top=args.confirm_top,
+                       confirm_seeds=args.confirm_seeds, model=model, samples=args.samples, repairs=args.repairs,
+                       seed=args.seed, max_wall_s=args.max_wall * 60 if args.max_wall else None,
+                       max_usd=args.max_usd, max_cpu_hours=args.max_cpu_hours, max_gpu_hours=args.max_gpu_hours)
+    root = Path(args.dir) if args.dir else default_dir(args.mode, spec.name)
+    campaign = Campaign.create(root, spec, {"command": "run", "search": config_dict(cfg)})
+    budget = cfg.budget_s or spec.budget_s
+    _say(f"campaign {campaign.root}: {spec.name}, {cfg.mode}, {cfg.epochs} epochs x {cfg.ideas} ideas, "
+         f"{budget:.0f} s per trial, baseline x{cfg.baseline_seeds}")
+    return run_search(campaign, cfg, args)
+
+
+def cmd_resume(args) -> int:
+    from ideaforge.search.loop import SearchConfig
+
+    campaign = Campaign.open(args.dir)
+    saved = campaign.config()
+    if "search" not in saved:
+        _say(f"{args.dir} is not a search campaign (it was made by `ideaforge {saved.get('command', '?')}`)")
+        return 2
+    cfg = SearchConfig(**saved["search"])
+    if cfg.model:
+        from ideaforge.llm import check_key
+        check_key(cfg.model)
+    if campaign.env_changed():
+        _say("note: the environment's files changed since the campaign started; trials keep using the snapshot")
+    if campaign.store.get_meta("finished"):
+        _say("this campaign has finished.")
+        print_status(campaign)
+        return 0
+    _say(f"resuming {campaign.root}")
+    return run_search(campaign, cfg, args)
+
+
+def print_status(campaign: Campaign, top: int = 10) -> None:
+    from ideaforge.search.judge import leaderboard
+    from ideaforge.search.loop import compute_hours
+
+    spec, store = campaign.spec, campaign.store
+    base, rows = leaderboard(store, spec.goal)
+    arrow = "lower" if spec.goal == "min" else "higher"
+    _say(f"{spec.name}: {spec.metric} ({arrow} is better)")
+    _say(f"baseline: {base.fmt() if base else 'not measured yet'}")
+    _say()
+    _say(f"{'rank':>4} {'idea':>5} {'epoch':>5}  {spec.metric + ' mean ± std (n)':<28} {'vs baseline':<22} title")
+    for i, r in enumerate([r for r in rows if r["stats"]][:top], 1):
+        verdict = ("beats, beyond noise" if r["beats"] else "within noise" if r["z"] is not None and r["z"] > 0
+                   else "worse or equal") + (f" (z={r['z']:.1f})" if r["z"] is not None else "")
+        _say(f"{i:>4} {r['idea_id']:>5} {r['epoch']:>5}  {r['stats'].fmt():<28} {verdict:<22} {r['title'][:60]}")
+    _say()
+    ideas = store.ideas()
+    _say(f"{'epoch':>5} {'ideas':>5} {'executed':>8} {'best':>10} {'mean':>10}  failures")
+    for epoch in sorted({i['epoch'] for i in ideas}):
+        ep_rows = [r for r in rows if r["epoch"] == epoch]
+        values = [r["stats"].mean for r in ep_rows if r["stats"]]
+        n_ideas = sum(i["epoch"] == epoch for i in ideas)
+        fails: dict[str, int] = {}
+        for i in ideas:
+            if i["epoch"] == epoch and i["status"] == "implement_failed":
+                fails["implement_failed"] = fails.get("implement_failed", 0) + 1
+        for r in ep_rows:
+            if r["outcome"] not in ("evaluated", "pending"):
+                fails[r["outcome"]] = fails.get(r["outcome"], 0) + 1
+        best = (min(values) if spec.goal == "min" else max(values)) if values else None
+        mean = sum(values) / len(values) if values else None
+        rate = f"{len(values)}/{n_ideas}"
+        _say(f"{epoch:>5} {n_ideas:>5} {rate:>8} {fmt_metric(best):>10} {fmt_metric(mean):>10}  "
+             + (", ".join(f"{k} {v}" for k, v in sorted(fails.items())) or "-"))
+    cpu_h, gpu_h = compute_hours(store, spec.cpus, spec.gpus)
+    elapsed = store.get_meta("elapsed_s", 0.0)
+    _say()
+    _say(f"spend: ${store.llm_spend():.2f} on model calls, {cpu_h:.2f} CPU-h, {gpu_h:.2f} GPU-h of trials, "
+         f"{elapsed / 60:.1f} min wall")
+    if store.get_meta("stopped"):
+        _say(f"stopped early: {store.get_meta('stopped')}")
+
+
+def cmd_status(args) -> int:
+    campaign = Campaign.open(args.dir)
+    print_status(campaign, top=args.top)
+    return 0
+
+
+def cmd_show(args) -> int:
+    import json as _json
+    from ideaforge.execute.worker import tail
+
+    campaign = Campaign.open(args.dir)
+    store = campaign.store
+    ideas = {i["id"]: i for i in store.ideas()}
+    idea = ideas.get(args.idea)
+    if idea is None:
+        _say(f"no idea {args.idea} in {args.dir}; ideas are numbered 1..{max(ideas) if ideas else 0}")
+        return 2
+    _say(f"idea {idea['id']} (epoch {idea['epoch']}, {idea['kind']}, {idea['status']}): {idea['title']}")
+    if idea["parents"]:
+        _say("parents: " + "; ".join(f"{p}: {ideas[p]['title']}" for p in idea["parents"] if p in ideas))
+    children = [i for i in ideas.values() if idea["id"] in i["parents"]]
+    if children:
+        _say("children: " + "; ".join(f"{c['id']}: {c['title']}" for c in children))
+    _say()
+    _say(idea["description"])
+    if idea["code_changes"]:
+        _say("\ncode changes: " + idea["code_changes"])
+    for impl in store.implementations(idea["id"]):
+        _say(f"\nimplementation {impl['id']}: {impl['status']} after {len(impl['attempts'])} attempt(s)")
+        for a in impl["attempts"]:
+            err = (a.get("error") or "").strip().splitlines()
+            _say(f"  sample {a['sample']} round {a['round']}: {a['stage']}" + (f" — {err[0][:100]}" if err else ""))
+        if impl["error"]:
+            _say(impl["error"])
+        _say(impl["diff"])
+        for t in store.execute("SELECT id FROM trials WHERE implementation_id=? ORDER BY id", (impl["id"],)).fetchall():
+            tr = store.trial(t[0])
+            value = f"{campaign.spec.metric} = {fmt_metric(tr['metric'])}" if tr["outcome"] == "evaluated" else (tr["outcome"] or tr["status"])
+            _say(f"trial {tr['id']} ({tr['role']}, seed {tr['seed']}): {value}")
+            if tr["outcome"] not in (None, "evaluated"):
+                _say("  " + (tr["reason"] or "").replace("\n", "\n  "))
+            log = tail(store.trial_dir(tr["id"]) / "train.err", 10)
+            if log and tr["outcome"] != "evaluated":
+                _say("  stderr tail:\n    " + log.replace("\n", "\n    "))
+            if tr["curve"]:
+                _say(f"  learning curve: {len(tr['curve'])} points, last {_json.dumps(tr['curve'][-1])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ideaforge", description="Execution-grounded automated AI research.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -275,6 +508,43 @@ def build_parser() -> argparse.ArgumentParser:
     base.add_argument("--resume", metavar="DIR", help="finish an interrupted baseline campaign")
     _executor_args(base)
     base.set_defaults(func=cmd_baseline)
+
+    run = sub.add_parser("run", help="run a research campaign: ideas -> edits -> trials -> search")
+    run.add_argument("--env", default="nanogpt-cpu", help="a built-in name or a directory (default nanogpt-cpu)")
+    run.add_argument("--dir", help="campaign directory (default: runs/ENV-MODE-TIME)")
+    run.add_argument("--model", help="ideator and implementer model (default: from ANTHROPIC_API_KEY / OPENAI_API_KEY; none: offline)")
+    run.add_argument("--offline", action="store_true", help="use the offline ideators even when a key is set")
+    run.add_argument("--mode", choices=["evolve", "best-of-n"], default="evolve")
+    run.add_argument("--epochs", type=int, default=4)
+    run.add_argument("--ideas", type=int, default=8, help="ideas per epoch")
+    run.add_argument("--budget", type=float, help="training seconds per trial (default: the environment's)")
+    run.add_argument("--baseline-seeds", type=int, default=3)
+    run.add_argument("--confirm-top", type=int, default=3, help="best ideas re-run with more seeds at the end")
+    run.add_argument("--confirm-seeds", type=int, default=3, help="seeds each confirmed idea ends with")
+    run.add_argument("--samples", type=int, default=3, help="implementer samples per idea")
+    run.add_argument("--repairs", type=int, default=2, help="implementer repairs per sample")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--max-wall", type=float, help="minutes of wall time, then stop")
+    run.add_argument("--max-usd", type=float, help="dollars of model spend, then stop")
+    run.add_argument("--max-cpu-hours", type=float, help="CPU-hours of trials, then stop")
+    run.add_argument("--max-gpu-hours", type=float, help="GPU-hours of trials, then stop")
+    _executor_args(run)
+    run.set_defaults(func=cmd_run)
+
+    res = sub.add_parser("resume", help="continue a stopped or crashed campaign")
+    res.add_argument("dir")
+    _executor_args(res)
+    res.set_defaults(func=cmd_resume)
+
+    st = sub.add_parser("status", help="leaderboard, per-epoch progress and spend of a campaign")
+    st.add_argument("dir")
+    st.add_argument("--top", type=int, default=10)
+    st.set_defaults(func=cmd_status)
+
+    sh = sub.add_parser("show", help="one idea: parents, diff, trials, log tails")
+    sh.add_argument("dir")
+    sh.add_argument("idea", type=int)
+    sh.set_defaults(func=cmd_show)
 
     imp = sub.add_parser("implement", help="implement one idea as a checked edit (and optionally run it)")
     imp.add_argument("env", help="a built-in name or a directory with an ideaforge.toml")

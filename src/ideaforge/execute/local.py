@@ -44,7 +44,7 @@ class LocalExecutor:
         self.slots = slots
         self._free_gpus = [str(g) for g in gpus]
         self.total_gpus = len(self._free_gpus)
-        self._events: queue.Queue[Finished] = queue.Queue()
+        self._events: queue.Queue[Finished | None] = queue.Queue()
         self._running: dict[int, tuple[int, list[str]]] = {}  # trial id -> (worker pid, gpu ids)
         self._lock = threading.Lock()
         # Idle workers, kept between trials: a trial's start is a pipe write, not an
@@ -134,18 +134,22 @@ class LocalExecutor:
         self._events.put(Finished(trial_id, record, lease))
 
     # -- events --------------------------------------------------------------------
+    def wake(self) -> None:
+        """Make a waiting `wait()` return (with nothing): another stage has news."""
+        self._events.put(None)
+
     def wait(self, timeout: float | None = None) -> list[Finished]:
-        """Block until at least one trial finished (or `timeout` seconds); return all finished."""
-        out: list[Finished] = []
+        """Block until a trial finished, `wake()` was called, or `timeout` seconds; return all finished."""
+        got: list[Finished | None] = []
         try:
-            out.append(self._events.get(timeout=timeout))
+            got.append(self._events.get(timeout=timeout))
         except queue.Empty:
-            return out
+            return []
         while True:
             try:
-                out.append(self._events.get_nowait())
+                got.append(self._events.get_nowait())
             except queue.Empty:
-                return out
+                return [f for f in got if f is not None]
 
     def close(self) -> None:
         """Let the idle workers go (they exit on EOF)."""

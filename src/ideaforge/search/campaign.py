@@ -170,11 +170,15 @@ class TrialRunner:
         if self.executor.running() == 0:
             return  # everything queued was refused before it could run
         for fin in self.executor.wait(timeout):
-            if fin.record is None:
-                self.store.requeue(fin.trial_id)
-                self.on_event("requeued", {"trial": fin.trial_id})
-            else:
-                self._ingest(fin.trial_id, fin.record)
+            self.handle(fin)
+
+    def handle(self, fin) -> None:
+        """One finished worker: ingest its record, or re-queue a trial that left none."""
+        if fin.record is None:
+            self.store.requeue(fin.trial_id)
+            self.on_event("requeued", {"trial": fin.trial_id})
+        else:
+            self._ingest(fin.trial_id, fin.record)
 
     def drain(self) -> None:
         """Run until nothing is queued or running."""

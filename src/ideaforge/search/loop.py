@@ -1,0 +1,280 @@
+"""The campaign loop: Algorithm 1 of the reference (exploit/explore with an annealed
+ratio), or best-of-N as the control, as one resumable pipeline.
+
+Stages per epoch: ideate -> implement (threads) -> trials (executor slots). Ideas
+are stored the moment they arrive, implementations the moment they pass or fail,
+and each finished implementation queues its trial at once, so ideas are implemented
+while others train. The loop sleeps only on the executor's event queue, which trial
+completions and finished implementations both wake.
+
+Resume works from the database alone: an epoch that has its ideas is never ideated
+again; an idea that has an implementation is never implemented again; trials are
+collected, re-attached or re-queued by the TrialRunner.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+from ideaforge.envs.workspace import read_files
+from ideaforge.ideate import Context, Idea, ScoredIdea, dedup
+from ideaforge.implement.implementer import Implementation, Implementer
+from ideaforge.search.campaign import Campaign, Progress, TrialRunner
+from ideaforge.search.judge import Stats, beats, leaderboard
+
+
+@dataclass
+class SearchConfig:
+    mode: str = "evolve"           # evolve | best-of-n
+    epochs: int = 4
+    ideas: int = 8                 # ideas per epoch
+    budget_s: float | None = None  # training seconds per trial; None = the environment's
+    baseline_seeds: int = 3        # seeds of the baseline measured at the start: the noise floor
+    confirm_top: int = 3           # best ideas re-run at the end ...
+    confirm_seeds: int = 3         # ... until each has this many seeds
+    model: str | None = None       # None: offline ideators, ideas carry their own edits
+    samples: int = 3               # implementer: edits sampled in parallel per idea
+    repairs: int = 2               # implementer: repairs per sample
+    smoke: bool = True             # smoke-check model implementations before a trial
+    implement_workers: int = 4     # ideas implemented at once
+    explore_sample: int = 20       # history entries shown to an explore prompt
+    seed: int = 0
+    max_wall_s: float | None = None
+    max_usd: float | None = None
+    max_cpu_hours: float | None = None
+    max_gpu_hours: float | None = None
+
+    def exploit_count(self, epoch: int) -> int:
+        ratio = min(0.5 + 0.1 * (epoch // 2), 0.8)  # the reference's annealing, 50% -> 80%
+        return round(self.ideas * ratio)
+
+
+class Search:
+    def __init__(self, campaign: Campaign, executor, ideator, config: SearchConfig,
+                 on_event: Progress | None = None, smoke=None):
+        self.c = campaign
+        self.store = campaign.store
+        self.spec = campaign.spec
+        self.executor = executor
+        self.ideator = ideator
+        self.cfg = config
+        self.emit = on_event or (lambda kind, info: None)
+        self.runner = TrialRunner(campaign, executor, self.emit)
+        self.budget_s = config.budget_s or self.spec.budget_s
+        self.baseline_files = read_files(self.spec, self.store.env_dir)
+        self.implementer = Implementer(self.spec, self.baseline_files, config.model, samples=config.samples,
+                                       repairs=config.repairs, smoke=smoke if config.smoke else None,
+                                       recorder=self.store.add_llm_call)
+        self._t0 = time.monotonic()
+        self._elapsed_before = float(self.store.get_meta("elapsed_s", 0.0))
+
+    # -- the whole campaign ------------------------------------------------------------------
+    def run(self) -> str:
+        """Run (or resume) to the end. Returns why it stopped: finished | budget: ..."""
+        self.runner.recover()
+        if not self.store.trials(role="baseline"):
+            with self.store.tx():
+                for s in range(self.cfg.baseline_seeds):
+                    self.store.add_trial("baseline", seed=s, budget_s=self.budget_s)
+        start = int(self.store.get_meta("epochs_done", 0))
+        for epoch in range(start, self.cfg.epochs):
+            if why := self.exhausted():
+                return self._stop(why)
+            self.emit("epoch", {"epoch": epoch, "epochs": self.cfg.epochs})
+            ideas = self.ideas_for(epoch)
+            self.implement_and_run(ideas)
+            self.store.set_meta("epochs_done", epoch + 1)
+            self.emit("epoch_done", {"epoch": epoch})
+            self._save_elapsed()
+        if why := self.exhausted():
+            return self._stop(why)
+        self.confirm()
+        self.store.set_meta("finished", True)
+        self._save_elapsed()
+        return "finished"
+
+    def _stop(self, why: str) -> str:
+        self.drain()  # what is already running finishes; nothing new starts
+        self.store.set_meta("stopped", why)
+        self._save_elapsed()
+        return f"budget: {why}"
+
+    def _save_elapsed(self) -> None:
+        self.store.set_meta("elapsed_s", self.elapsed())
+
+    def elapsed(self) -> float:
+        return self._elapsed_before + time.monotonic() - self._t0
+
+    def exhausted(self) -> str | None:
+        cfg = self.cfg
+        if cfg.max_wall_s is not None and self.elapsed() >= cfg.max_wall_s:
+            return f"wall time {self.elapsed():.0f} s reached the limit of {cfg.max_wall_s:.0f} s"
+        if cfg.max_usd is not None and self.store.llm_spend() >= cfg.max_usd:
+            return f"model spend ${self.store.llm_spend():.2f} reached the limit of ${cfg.max_usd:.2f}"
+        cpu_h, gpu_h = compute_hours(self.store, self.spec.cpus, self.spec.gpus)
+        if cfg.max_cpu_hours is not None and cpu_h >= cfg.max_cpu_hours:
+            return f"trial compute {cpu_h:.2f} CPU-hours reached the limit of {cfg.max_cpu_hours:.2f}"
+        if cfg.max_gpu_hours is not None and gpu_h >= cfg.max_gpu_hours:
+            return f"trial compute {gpu_h:.2f} GPU-hours reached the limit of {cfg.max_gpu_hours:.2f}"
+        return None
+
+    # -- ideation ---------------------------------------------------------------------------
+    def scored(self) -> list[ScoredIdea]:
+        base, rows = leaderboard(self.store, self.spec.goal)
+        by_id = {r["idea_id"]: r for r in rows}
+        out = []
+        for idea in self.store.ideas():
+            r = by_id.get(idea["id"])
+            st: Stats | None = r["stats"] if r else None
+            outcome = r["outcome"] if r else ("implement_failed" if idea["status"] == "implement_failed" else "pending")
+            if outcome == "pending":
+                continue
+            out.append(ScoredIdea(
+                id=idea["id"], title=idea["title"], description=idea["description"], code_changes=idea["code_changes"],
+                outcome=outcome, metric=st.mean if st else None, std=st.std if st else None, n=st.n if st else 0,
+                beats_baseline=beats(st, base, self.spec.goal), edit=idea["origin"].get("edit"), parents=idea["parents"]))
+        return out
+
+    def context(self, epoch: int) -> Context:
+        base, _ = leaderboard(self.store, self.spec.goal)
+        proposed = [i["title"] for i in self.store.ideas()]
+        return Context(spec=self.spec, files=self.baseline_files, baseline_mean=base.mean if base else None,
+                       baseline_std=base.std if base else None, proposed=proposed, epoch=epoch,
+                       seed=self.cfg.seed * 1000 + epoch)
+
+    def ideas_for(self, epoch: int) -> list[dict]:
+        """This epoch's ideas: from the database if already proposed, else from the ideator."""
+        existing = self.store.ideas(epoch)
+        have = {k: sum(i["kind"] == k for i in existing) for k in ("initial", "exploit", "explore", "best_of_n")}
+        if len(existing) < self.cfg.ideas:
+            ctx = self.context(epoch)
+            if self.cfg.mode == "best-of-n" or epoch == 0:
+                kind = "best_of_n" if self.cfg.mode == "best-of-n" else "initial"
+                self._store_ideas(epoch, kind, self.ideator.initial(ctx, self.cfg.ideas - len(existing)), ctx)
+            else:
+                n_exploit = max(0, self.cfg.exploit_count(epoch) - have["exploit"])
+                n_explore = max(0, self.cfg.ideas - self.cfg.exploit_count(epoch) - have["explore"])
+                history = self.scored()
+                winners = [s for s in history if s.beats_baseline]
+                parents = winners or sorted((s for s in history if s.metric is not None),
+                                            key=lambda s: s.metric if self.spec.goal == "min" else -s.metric)[:3]
+                rng = random.Random(ctx.seed)
+                sample = rng.sample(history, min(len(history), self.cfg.explore_sample))
+                with ThreadPoolExecutor(2) as pool:  # both prompts at once
+                    f_exploit = pool.submit(self.ideator.exploit, ctx, parents, n_exploit) if n_exploit else None
+                    f_explore = pool.submit(self.ideator.explore, ctx, sample, n_explore) if n_explore else None
+                    got_exploit = f_exploit.result() if f_exploit else []
+                    got_explore = f_explore.result() if f_explore else []
+                self._store_ideas(epoch, "exploit", got_exploit, ctx)
+                self._store_ideas(epoch, "explore", got_explore, ctx)
+        ideas = self.store.ideas(epoch)
+        self.emit("ideas", {"epoch": epoch, "count": len(ideas)})
+        return ideas
+
+    def _store_ideas(self, epoch: int, kind: str, ideas: list[Idea], ctx: Context) -> None:
+        previous = [f"{i['title']} {i['description']}" for i in self.store.ideas()]
+        kept = dedup(ideas, previous)
+        if len(kept) < len(ideas):
+            self.emit("log", {"message": f"  dropped {len(ideas) - len(kept)} near-duplicate idea(s)"})
+        with self.store.tx():
+            for idea in kept:
+                origin = dict(idea.origin, ideator=getattr(self.ideator, "name", "?"))
+                if idea.edit:
+                    origin["edit"] = idea.edit
+                if idea.hyperparameters:
+                    origin["hyperparameters"] = idea.hyperparameters
+                self.store.add_idea(epoch, kind, idea.title, idea.description, idea.code_changes,
+                                    idea.parents, origin)
+
+    # -- implementation and trials, pipelined --------------------------------------------------
+    def implement_and_run(self, ideas: list[dict]) -> None:
+        todo = [i for i in ideas if i["status"] in ("new", "implementing")]
+        futures: list[Future] = []
+        pool = ThreadPoolExecutor(max(1, self.cfg.implement_workers))
+        try:
+            for idea in todo:
+                futures.append(pool.submit(self._implement_one, idea))
+            self._pump(futures)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        for f in futures:
+            f.result()  # surface a bug in an implementation thread
+
+    def _implement_one(self, idea: dict) -> None:
+        try:
+            self.store.set_idea_status(idea["id"], "implementing")
+            edit = idea["origin"].get("edit")
+            try:
+                result = self.implementer.apply_given(edit) if edit else self.implementer.implement(_idea_text(idea))
+            except Exception as e:  # the per-idea edge: one idea's failure must not end the campaign
+                result = Implementation(False, error=f"internal error while implementing: {e!r}\n"
+                                                     f"{traceback.format_exc(limit=4)}")
+            self._record(idea, result)
+        finally:
+            self.executor.wake()  # the pump sleeps on the executor's queue
+
+    def _record(self, idea: dict, result: Implementation) -> None:
+        with self.store.tx():  # implementation, status and trial together: a crash leaves none or all
+            impl_id = self.store.add_implementation(idea["id"], result.ok, result.diff, result.files,
+                                                    result.attempts_json(), result.error)
+            self.store.set_idea_status(idea["id"], "implemented" if result.ok else "implement_failed")
+            if result.ok:
+                self.store.add_trial("candidate", seed=0, budget_s=self.budget_s, implementation_id=impl_id)
+        self.emit("implemented", {"idea": idea["id"], "title": idea["title"], "ok": result.ok,
+                                  "error": result.error, "attempts": len(result.attempts)})
+
+    def _pump(self, futures: list[Future]) -> None:
+        """Start what fits; sleep on the event queue until trials and implementations are all done."""
+        while True:
+            self.runner.start_queued()
+            queued, running = self.runner.pending()
+            busy = [f for f in futures if not f.done()]
+            if not queued and not running and not busy:
+                return
+            for fin in self.executor.wait():
+                self.runner.handle(fin)
+
+    def drain(self) -> None:
+        self._pump([])
+
+    # -- confirmation ------------------------------------------------------------------------------
+    def confirm(self) -> None:
+        """Re-run the best ideas with more seeds, so the leaderboard shows mean ± std."""
+        _, rows = leaderboard(self.store, self.spec.goal)
+        top = [r for r in rows if r["stats"] is not None][: self.cfg.confirm_top]
+        impl_of = {}
+        for impl in self.store.implementations():
+            if impl["status"] == "ok":
+                impl_of[impl["idea_id"]] = impl["id"]
+        with self.store.tx():
+            for r in top:
+                impl_id = impl_of[r["idea_id"]]
+                have = self.store.execute("SELECT COUNT(*) FROM trials WHERE implementation_id=?", (impl_id,)).fetchone()[0]
+                for seed in range(have, self.cfg.confirm_seeds):
+                    self.store.add_trial("confirm", seed=seed, budget_s=self.budget_s, implementation_id=impl_id)
+        self.emit("confirm", {"ideas": [r["idea_id"] for r in top]})
+        self.drain()
+
+
+def compute_hours(store, cpus: int, gpus: int) -> tuple[float, float]:
+    row = store.execute("SELECT COALESCE(SUM(COALESCE(train_s,0) + COALESCE(eval_s,0)), 0) FROM trials").fetchone()
+    hours = float(row[0]) / 3600
+    return hours * cpus, hours * gpus
+
+
+def _idea_text(idea: dict) -> str:
+    text = f"{idea['title']}\n\n{idea['description']}"
+    if idea["code_changes"]:
+        text += f"\n\nCode changes:\n{idea['code_changes']}"
+    hp = idea["origin"].get("hyperparameters")
+    if hp:
+        text += "\n\nHyperparameters:\n" + "\n".join(f"- {k} = {v}" for k, v in hp.items())
+    return text
+
+
+def config_dict(cfg: SearchConfig) -> dict:
+    return asdict(cfg)
