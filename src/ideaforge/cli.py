@@ -482,6 +482,25 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from ideaforge.report import write_report
+
+    out = write_report(Path(args.dir), Path(args.out) if args.out else None, compare=[Path(d) for d in args.compare])
+    _say(f"wrote {out}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    from ideaforge.report import serve
+
+    try:
+        serve(Path(args.dir), host=args.host, port=args.port,
+              ready=lambda url: _say(f"live view of {args.dir} at {url} (read-only; Ctrl-C to stop)"))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ideaforge", description="Execution-grounded automated AI research.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -545,6 +564,18 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("dir")
     sh.add_argument("idea", type=int)
     sh.set_defaults(func=cmd_show)
+
+    rep = sub.add_parser("report", help="write a self-contained HTML report of a campaign")
+    rep.add_argument("dir")
+    rep.add_argument("--out", help="output file (default DIR/report.html)")
+    rep.add_argument("--compare", nargs="*", default=[], help="other campaign directories to overlay (e.g. best-of-N)")
+    rep.set_defaults(func=cmd_report)
+
+    ui = sub.add_parser("ui", help="serve the report live while a campaign runs (read-only)")
+    ui.add_argument("dir")
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    ui.add_argument("--port", type=int, default=8765)
+    ui.set_defaults(func=cmd_ui)
 
     imp = sub.add_parser("implement", help="implement one idea as a checked edit (and optionally run it)")
     imp.add_argument("env", help="a built-in name or a directory with an ideaforge.toml")

@@ -1,0 +1,308 @@
+"""A campaign, read once (read-only) into one plain, JSON-serialisable dict.
+
+Everything the HTML report and the live view show comes from `load_campaign(dir)`;
+the renderers never touch the database. Shape (keys that matter):
+
+    summary      env, metric, goal, mode, models, ideas per epoch, epochs, budget used
+    baseline     {mean, std, n, values} | None           (evaluated baseline trials)
+    epochs       [{epoch, ideas, evaluated, exec_rate, values, best_so_far, outcomes}]
+    series       best-so-far per epoch, one entry per search arm (evolve / best-of-N)
+    leaderboard  rows of judge.leaderboard, best first, Stats flattened to mean/std/n
+    ideas        every idea with parents, children, implementations, trials, log tails
+    state        what the live view polls (see `campaign_state`)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from ideaforge.search.judge import Stats, leaderboard
+from ideaforge.store import Store
+
+LOG_TAIL_LINES = 30      # lines of train.out / train.err shown per trial
+LOG_TAIL_BYTES = 16_384  # read at most this much from the end of a log (a run may write gigabytes)
+ERROR_CHARS = 2_000      # implementation errors shown per attempt
+LOGS = ("train.err", "train.out")
+
+# Where an idea ended, in the order the stacked bars draw them. Trial outcomes come from
+# the store's closed vocabulary; `implement_failed` is the implementation's, `pending` ours.
+OUTCOME_ORDER = ("evaluated", "implement_failed", "failed", "crash", "timeout", "oom", "diverged",
+                 "no_result", "invalid", "pending")
+
+
+def load_campaign(campaign_dir: str | Path) -> dict[str, Any]:
+    store = Store.open_readonly(campaign_dir)
+    try:
+        return _load(store)
+    finally:
+        store.close()
+
+
+def _load(store: Store) -> dict[str, Any]:
+    spec = read_env_toml(store.env_dir)
+    goal = spec.get("metric", {}).get("goal", "min")
+    config = store.get_meta("config", {}) or {}
+    search = config.get("search", {}) or {}
+
+    ideas = store.ideas()
+    impls = store.implementations()
+    trials = store.trials()
+    base, rows = leaderboard(store, goal)
+
+    ideas_out = _ideas(store, ideas, impls, trials, rows)
+    epochs = _epochs(ideas_out, goal)
+    data: dict[str, Any] = {
+        "dir": str(store.root),
+        "generated": time.time(),
+        "summary": _summary(store, spec, config, search, ideas, trials),
+        "baseline": _baseline(base, trials),
+        "epochs": epochs,
+        "series": _series(ideas_out, goal, label_prefix=""),
+        "leaderboard": [_row(r) for r in rows],
+        "ideas": ideas_out,
+        "baseline_trials": [_trial(store, t) for t in trials if t["role"] == "baseline"],
+        "state": campaign_state(store),
+    }
+    return data
+
+
+def read_env_toml(env_dir: Path) -> dict[str, Any]:
+    """The environment snapshot's ideaforge.toml (only its metadata; the data paths may be gone)."""
+    try:
+        return tomllib.loads((env_dir / "ideaforge.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
+# -- summary ----------------------------------------------------------------------------
+def _summary(store: Store, spec: dict, config: dict, search: dict, ideas: list[dict],
+             trials: list[dict]) -> dict[str, Any]:
+    res = spec.get("resources", {})
+    cpus, gpus = int(res.get("cpus", 1)), int(res.get("gpus", 0))
+    trial_s = sum((t["train_s"] or 0.0) + (t["eval_s"] or 0.0) for t in trials)
+    models = [dict(r) for r in store.execute(
+        """SELECT model, COUNT(*) AS calls, SUM(input_tokens) AS input_tokens,
+                  SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd
+           FROM llm_calls GROUP BY model ORDER BY SUM(cost_usd) DESC, model""").fetchall()]
+    configured = search.get("model") or config.get("model")
+    status = {s: 0 for s in ("queued", "running", "done")}
+    for t in trials:
+        status[t["status"]] = status.get(t["status"], 0) + 1
+    return {
+        "env": store.get_meta("env_name") or spec.get("env", {}).get("name", "?"),
+        "env_description": (spec.get("env", {}).get("description") or "").strip(),
+        "metric": spec.get("metric", {}).get("name", "metric"),
+        "goal": spec.get("metric", {}).get("goal", "min"),
+        "command": config.get("command"),
+        "mode": search.get("mode"),
+        "model": configured,
+        "models": models,
+        "ideas_per_epoch": search.get("ideas"),
+        "epochs_planned": search.get("epochs"),
+        "epochs_done": store.get_meta("epochs_done", 0),
+        "finished": bool(store.get_meta("finished", False)),
+        "stopped": store.get_meta("stopped"),
+        "created": store.get_meta("created"),
+        "wall_s": float(store.get_meta("elapsed_s", 0.0) or 0.0),
+        "spend_usd": store.llm_spend(),
+        "cpus": cpus,
+        "gpus": gpus,
+        "trial_hours": trial_s / 3600,
+        "cpu_hours": trial_s / 3600 * cpus,
+        "gpu_hours": trial_s / 3600 * gpus,
+        "ideas": len(ideas),
+        "trials": status,
+        "budget_s": search.get("budget_s") or spec.get("run", {}).get("budget_s"),
+        "config": config,
+    }
+
+
+def _baseline(base: Stats | None, trials: list[dict]) -> dict[str, Any] | None:
+    if base is None:
+        return None
+    values = [t["metric"] for t in trials if t["role"] == "baseline" and t["outcome"] == "evaluated"]
+    return {"mean": base.mean, "std": base.std, "n": base.n, "values": values}
+
+
+def _row(r: dict) -> dict[str, Any]:
+    st: Stats | None = r["stats"]
+    return {
+        "idea_id": r["idea_id"], "title": r["title"], "epoch": r["epoch"], "kind": r["kind"],
+        "parents": r["parents"], "outcome": r["outcome"], "trials": r["trials"], "beats": r["beats"],
+        "z": r["z"], "mean": st.mean if st else None, "std": st.std if st else None, "n": st.n if st else 0,
+    }
+
+
+# -- ideas ------------------------------------------------------------------------------
+def _ideas(store: Store, ideas: list[dict], impls: list[dict], trials: list[dict],
+           rows: list[dict]) -> list[dict]:
+    impls_of: dict[int, list[dict]] = {}
+    for impl in impls:
+        impls_of.setdefault(impl["idea_id"], []).append(impl)
+    idea_of_impl = {impl["id"]: impl["idea_id"] for impl in impls}
+    trials_of: dict[int, list[dict]] = {}
+    for t in trials:
+        if t["implementation_id"] is not None:
+            trials_of.setdefault(idea_of_impl.get(t["implementation_id"]), []).append(t)
+    children: dict[int, list[int]] = {}
+    for idea in ideas:
+        for p in idea["parents"]:
+            children.setdefault(p, []).append(idea["id"])
+    by_row = {r["idea_id"]: _row(r) for r in rows}
+
+    out = []
+    for idea in ideas:
+        its_impls = impls_of.get(idea["id"], [])
+        its_trials = trials_of.get(idea["id"], [])
+        row = by_row.get(idea["id"])
+        out.append({
+            "id": idea["id"], "epoch": idea["epoch"], "kind": idea["kind"], "title": idea["title"],
+            "description": idea["description"], "code_changes": idea["code_changes"],
+            "parents": idea["parents"], "children": children.get(idea["id"], []),
+            "origin": {k: v for k, v in idea["origin"].items() if k != "edit"},  # the edit is the diff below
+            "status": idea["status"],
+            "implementations": [_impl(i) for i in its_impls],
+            "trials": [_trial(store, t) for t in its_trials],
+            "mean": row["mean"] if row else None, "std": row["std"] if row else None,
+            "n": row["n"] if row else 0, "beats": bool(row and row["beats"]), "z": row["z"] if row else None,
+            "outcome": _outcome(idea, its_impls, its_trials),
+        })
+    return out
+
+
+def _impl(impl: dict) -> dict[str, Any]:
+    attempts = [{"sample": a.get("sample"), "round": a.get("round"), "stage": a.get("stage"),
+                 "seconds": a.get("seconds"), "error": _clip(a.get("error"))}
+                for a in impl["attempts"] if isinstance(a, dict)]
+    return {"id": impl["id"], "status": impl["status"], "diff": impl["diff"], "error": _clip(impl["error"]),
+            "files": sorted(impl["files"]), "attempts": attempts}
+
+
+def _trial(store: Store, t: dict) -> dict[str, Any]:
+    tdir = store.trial_dir(t["id"])
+    return {
+        "id": t["id"], "role": t["role"], "seed": t["seed"], "status": t["status"], "outcome": t["outcome"],
+        "metric": t["metric"], "metrics": t["metrics"], "reason": t["reason"], "exit_code": t["exit_code"],
+        "train_s": t["train_s"], "eval_s": t["eval_s"], "budget_s": t["budget_s"], "curve": t["curve"],
+        "logs": {name: tail for name in LOGS if (tail := log_tail(tdir / name))},
+    }
+
+
+def _outcome(idea: dict, impls: list[dict], trials: list[dict]) -> str:
+    """Where one idea ended: evaluated, implement_failed, a trial outcome, or pending."""
+    if any(t["outcome"] == "evaluated" for t in trials):
+        return "evaluated"
+    if idea["status"] == "implement_failed" or (impls and all(i["status"] != "ok" for i in impls)):
+        return "implement_failed"
+    done = [t for t in trials if t["status"] == "done" and t["role"] in ("candidate", "confirm")]
+    if done:
+        return done[-1]["outcome"] or "failed"
+    return "pending"
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - LOG_TAIL_BYTES))
+            raw = f.read()
+    except OSError:
+        return ""
+    text = raw.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _clip(text: str | None, n: int = ERROR_CHARS) -> str | None:
+    if text is None or len(text) <= n:
+        return text
+    return text[:n] + f"\n… ({len(text) - n} more characters)"
+
+
+# -- per epoch --------------------------------------------------------------------------
+def _epochs(ideas: list[dict], goal: str) -> list[dict]:
+    if not ideas:
+        return []
+    last = max(i["epoch"] for i in ideas)
+    out, best, best_id = [], None, None
+    for e in range(last + 1):
+        mine = [i for i in ideas if i["epoch"] == e]
+        values = [{"idea_id": i["id"], "value": i["mean"]} for i in mine if i["mean"] is not None]
+        for v in values:
+            if best is None or _better(v["value"], best, goal):
+                best, best_id = v["value"], v["idea_id"]
+        outcomes = {k: 0 for k in OUTCOME_ORDER}
+        for i in mine:
+            outcomes[i["outcome"]] = outcomes.get(i["outcome"], 0) + 1
+        evaluated = outcomes["evaluated"]
+        out.append({
+            "epoch": e, "ideas": len(mine), "evaluated": evaluated,
+            "exec_rate": evaluated / len(mine) if mine else None,
+            "values": values, "best_so_far": best, "best_so_far_idea": best_id,
+            "outcomes": {k: v for k, v in outcomes.items() if v},
+        })
+    return out
+
+
+def _series(ideas: list[dict], goal: str, label_prefix: str) -> list[dict]:
+    """Best-so-far per epoch for each search arm present: best-of-N ideas vs the rest (evolve)."""
+    arms = {"best-of-N": [i for i in ideas if i["kind"] == "best_of_n"],
+            "evolve": [i for i in ideas if i["kind"] != "best_of_n"]}
+    out = []
+    for label, members in arms.items():
+        if not members:
+            continue
+        points, best = [], None
+        for e in range(max(i["epoch"] for i in members) + 1):
+            for i in members:
+                if i["epoch"] == e and i["mean"] is not None and (best is None or _better(i["mean"], best, goal)):
+                    best = i["mean"]
+            points.append([e, best])
+        out.append({"label": f"{label_prefix}{label}", "points": points})
+    return out
+
+
+def compare_series(campaign_dir: str | Path, goal: str) -> list[dict]:
+    """Best-so-far series of another campaign, labelled with its directory, for overlaying."""
+    other = load_campaign(campaign_dir)
+    if other["summary"]["goal"] != goal:
+        return []  # a max-campaign on a min-plot would read upside down
+    return _series(other["ideas"], goal, label_prefix=f"{Path(campaign_dir).name}: ")
+
+
+def _better(a: float, b: float, goal: str) -> bool:
+    return a < b if goal == "min" else a > b
+
+
+# -- live state -------------------------------------------------------------------------
+def campaign_state(store: Store) -> dict[str, Any]:
+    """A few cheap counters, and a hash of them that changes whenever the report would."""
+    t = store.execute(
+        """SELECT COUNT(*), COALESCE(SUM(status='done'), 0), COALESCE(SUM(status='running'), 0),
+                  COALESCE(SUM(status='queued'), 0), MAX(CASE WHEN status='done' THEN id END),
+                  MAX(ended), MAX(started) FROM trials""").fetchone()
+    ideas = store.execute("SELECT COUNT(*), MAX(id) FROM ideas").fetchone()
+    impls = store.execute("SELECT COUNT(*) FROM implementations").fetchone()
+    statuses = store.execute("SELECT GROUP_CONCAT(status) FROM (SELECT status FROM ideas ORDER BY id)").fetchone()
+    calls = store.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()
+    meta = {k: store.get_meta(k) for k in ("epochs_done", "finished", "stopped")}
+    state = {
+        "trials": t[0], "trials_done": t[1], "trials_running": t[2], "trials_queued": t[3],
+        "last_trial": t[4], "ideas": ideas[0], "implementations": impls[0], "llm_calls": calls[0], **meta,
+    }
+    key = json.dumps([state, t[5], t[6], statuses[0], calls[1]], sort_keys=True, default=str)
+    state["version"] = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return state
+
+
+def read_state(campaign_dir: str | Path) -> dict[str, Any]:
+    store = Store.open_readonly(campaign_dir)
+    try:
+        return campaign_state(store)
+    finally:
+        store.close()

@@ -1,0 +1,263 @@
+"""The campaign report: one self-contained HTML file (inline CSS, JS and SVG; nothing remote).
+
+`render(data)` turns the dict of `data.load_campaign` into the page; `write_report`
+writes it next to the campaign. The live view (`server.py`) serves the same page with
+`live=True`, which adds a poller that swaps in the fresh page when the campaign moves.
+Every string from the database passes through `esc` (model-written text is untrusted),
+and a Content-Security-Policy forbids the page from loading anything from elsewhere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from ideaforge.report import svg
+from ideaforge.report.assets import CSS, JS
+from ideaforge.report.data import OUTCOME_ORDER, compare_series, load_campaign
+from ideaforge.report.svg import esc, fmt
+
+REPORT_NAME = "report.html"
+# Inline styles and scripts only; the live view may fetch its own origin (connect-src 'self').
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
+       "connect-src 'self'; base-uri 'none'; form-action 'none'")
+
+
+def write_report(campaign_dir: str | Path, out_path: str | Path | None = None,
+                 compare: Iterable[str | Path] = ()) -> Path:
+    """Write the report of `campaign_dir` (default DIR/report.html); `compare` campaigns are
+    overlaid on the best-so-far plot (e.g. a best-of-N control beside an evolve run)."""
+    campaign_dir = Path(campaign_dir)
+    data = load_campaign(campaign_dir)
+    for other in compare:
+        data["series"] += compare_series(other, data["summary"]["goal"])
+    out = Path(out_path) if out_path else campaign_dir / REPORT_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(render(data), encoding="utf-8")
+    tmp.replace(out)  # a browser reloading the file never sees half a page
+    return out
+
+
+def render(data: dict[str, Any], live: bool = False) -> str:
+    s = data["summary"]
+    title = f"ideaforge · {s['env']} · {Path(data['dir']).name}"
+    return "".join([
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>",
+        f'<body data-live="{int(live)}" data-version="{esc(data["state"]["version"])}">',
+        f'<div id="content">{content(data, live)}</div>',
+        f"<script>{JS}</script></body></html>",
+    ])
+
+
+def content(data: dict[str, Any], live: bool = False) -> str:
+    """Everything inside #content: the part the live view swaps on each change."""
+    return "".join([_header(data, live), _summary(data), _plots(data), _leaderboard(data),
+                    _ideas(data), _baseline_trials(data)])
+
+
+# -- header and summary ---------------------------------------------------------------
+def _header(data: dict, live: bool) -> str:
+    s = data["summary"]
+    when = dt.datetime.fromtimestamp(data["generated"]).strftime("%Y-%m-%d %H:%M:%S")
+    status = "finished" if s["finished"] else (f"stopped: {s['stopped']}" if s["stopped"] else "in progress")
+    livebadge = '<span id="live-status" class="badge live">live</span>' if live else ""
+    desc = f'<p class="envdesc">{esc(s["env_description"])}</p>' if s["env_description"] else ""
+    return (f'<header><h1>{esc(s["env"])} <span class="sub">{esc(Path(data["dir"]).name)}</span> {livebadge}</h1>'
+            f'<p class="meta">{esc(data["dir"])} · {esc(status)} · rendered {esc(when)}</p>{desc}</header>')
+
+
+def _summary(data: dict) -> str:
+    s, b = data["summary"], data["baseline"]
+    models = ", ".join(m["model"] for m in s["models"]) or s["model"] or "offline ideators (no model)"
+    epochs = f'{s["epochs_done"]}' + (f' / {s["epochs_planned"]}' if s["epochs_planned"] else "")
+    t = s["trials"]
+    cards = [
+        ("metric", f'{s["metric"]} ({"lower" if s["goal"] == "min" else "higher"} is better)'),
+        ("mode", s["mode"] or s["command"] or "–"),
+        ("model(s)", models),
+        ("ideas per epoch", s["ideas_per_epoch"] if s["ideas_per_epoch"] is not None else "–"),
+        ("epochs done", epochs),
+        ("ideas", s["ideas"]),
+        ("trials", f'{t.get("done", 0)} done · {t.get("running", 0)} running · {t.get("queued", 0)} queued'),
+        ("baseline", f'{fmt(b["mean"], 5)} ± {fmt(b["std"], 3)} (n={b["n"]})' if b else "not measured yet"),
+        ("model spend", f'${s["spend_usd"]:.2f}'),
+        ("CPU-hours", f'{s["cpu_hours"]:.2f} ({s["cpus"]} CPU/trial)'),
+        ("GPU-hours", f'{s["gpu_hours"]:.2f} ({s["gpus"]} GPU/trial)'),
+        ("wall time", _duration(s["wall_s"])),
+        ("training budget", f'{fmt(s["budget_s"], 4)} s/trial' if s["budget_s"] else "–"),
+    ]
+    body = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
+                   for k, v in cards)
+    table = ""
+    if s["models"]:
+        rows = "".join(f'<tr><td>{esc(m["model"])}</td><td class="num">{m["calls"]}</td>'
+                       f'<td class="num">{m["input_tokens"] or 0:,}</td><td class="num">{m["output_tokens"] or 0:,}</td>'
+                       f'<td class="num">${(m["cost_usd"] or 0):.2f}</td></tr>' for m in s["models"])
+        table = ('<table class="small" id="models"><thead><tr><th>model</th><th>calls</th><th>input tokens</th>'
+                 f'<th>output tokens</th><th>cost</th></tr></thead><tbody>{rows}</tbody></table>')
+    return f'<section id="summary"><h2>Summary</h2><div class="cards">{body}</div>{table}</section>'
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds or 0))
+    h, rem = divmod(seconds, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h} h {m:02d} min" if h else (f"{m} min {sec:02d} s" if m else f"{sec} s")
+
+
+# -- plots ----------------------------------------------------------------------------
+def _plots(data: dict) -> str:
+    metric, base, epochs = data["summary"]["metric"], data["baseline"], data["epochs"]
+    figs = [
+        ("Best so far", svg.best_so_far("plot-best-so-far", data["series"], base, metric),
+         "Best idea mean up to each epoch; grey band: baseline mean ± 2·std."),
+        ("Distribution", svg.distribution("plot-distribution", epochs, base, metric),
+         "Every evaluated idea (click a dot to open it); boxes: quartiles."),
+        ("Execution rate", svg.rate_bars("plot-execution-rate", epochs),
+         "Ideas whose code ran and was scored by the evaluator."),
+        ("Failure kinds", svg.stacked_outcomes("plot-failure-kinds", epochs, OUTCOME_ORDER),
+         "Where each idea ended."),
+    ]
+    body = "".join(f'<figure><figcaption><b>{esc(t)}</b> <span>{esc(c)}</span></figcaption>{plot}</figure>'
+                   for t, plot, c in figs)
+    return f'<section id="plots"><h2>Search</h2><div class="plots">{body}</div></section>'
+
+
+# -- leaderboard ------------------------------------------------------------------------
+def _leaderboard(data: dict) -> str:
+    rows = data["leaderboard"]
+    if not rows:
+        return '<section id="leaderboard-section"><h2>Leaderboard</h2><p class="empty">No implemented ideas yet.</p></section>'
+    out = []
+    for rank, r in enumerate(rows, 1):
+        meanstd = (f'{fmt(r["mean"], 5)}' + (f' ± {fmt(r["std"], 3)}' if r["n"] > 1 else "")) if r["mean"] is not None else "–"
+        mean_attr = repr(r["mean"]) if r["mean"] is not None else ""
+        out.append(
+            f'<tr class="lb-row{" beats" if r["beats"] else ""}" data-idea-id="{r["idea_id"]}" data-mean="{mean_attr}">'
+            f'<td class="num">{rank}</td><td><a href="#idea-{r["idea_id"]}">#{r["idea_id"]}</a></td>'
+            f'<td class="title">{esc(r["title"])}</td><td class="num">{r["epoch"]}</td><td>{esc(r["kind"])}</td>'
+            f'<td class="num mean">{esc(meanstd)}</td><td class="num">{r["n"]}</td>'
+            f'<td class="num">{fmt(r["z"], 3) if r["z"] is not None else "–"}</td>'
+            f'<td>{"✔" if r["beats"] else ""}</td><td>{_outcome_badge(r["outcome"])}</td></tr>')
+    b = data["baseline"]
+    cap = (f'Baseline {fmt(b["mean"], 5)} ± {fmt(b["std"], 3)} (n={b["n"]}). An idea beats it when its mean is better '
+           f'by more than 2 standard errors of the difference (z &gt; 2).') if b else "Baseline not measured yet."
+    return ('<section id="leaderboard-section"><h2>Leaderboard</h2><table id="leaderboard">'
+            f'<caption>{cap}</caption><thead><tr><th>#</th><th>idea</th><th>title</th><th>epoch</th><th>kind</th>'
+            f'<th>{esc(data["summary"]["metric"])} mean ± std</th><th>n</th><th>z</th><th>beats</th><th>outcome</th>'
+            f'</tr></thead><tbody>{"".join(out)}</tbody></table></section>')
+
+
+def _outcome_badge(outcome: str | None) -> str:
+    o = outcome or "pending"
+    return f'<span class="badge o-{esc(o)}">{esc(o)}</span>'
+
+
+# -- ideas ---------------------------------------------------------------------------------
+def _ideas(data: dict) -> str:
+    ideas = data["ideas"]
+    if not ideas:
+        return '<section id="ideas"><h2>Ideas</h2><p class="empty">No ideas yet.</p></section>'
+    titles = {i["id"]: i["title"] for i in ideas}
+    body = "".join(_idea(i, titles) for i in ideas)
+    return (f'<section id="ideas"><h2>Ideas <span class="sub">{len(ideas)}</span></h2>'
+            '<p class="hint"><button type="button" id="expand-all">expand all</button> '
+            f'<button type="button" id="collapse-all">collapse all</button></p>{body}</section>')
+
+
+def _idea(i: dict, titles: dict[int, str]) -> str:
+    score = ""
+    if i["mean"] is not None:
+        score = f'<span class="score">{esc(fmt(i["mean"], 5))}' + (f' ± {esc(fmt(i["std"], 3))}' if i["n"] > 1 else "") + "</span>"
+    win = ' <span class="badge win">beats baseline</span>' if i["beats"] else ""
+    head = (f'<summary><span class="iid">#{i["id"]}</span> <span class="ititle">{esc(i["title"])}</span> '
+            f'<span class="badge kind">{esc(i["kind"])}</span> <span class="badge">epoch {i["epoch"]}</span> '
+            f'{_outcome_badge(i["outcome"])} {score}{win}'
+            '</summary>')
+    parts = [_lineage(i, titles), f'<div class="desc">{esc(i["description"])}</div>']
+    if i["code_changes"]:
+        parts.append(f'<h4>Code changes (as proposed)</h4><div class="desc">{esc(i["code_changes"])}</div>')
+    if i["origin"]:
+        parts.append('<p class="origin">' + " · ".join(
+            f"{esc(k)}: {esc(v if isinstance(v, str) else json.dumps(v))}" for k, v in i["origin"].items()) + "</p>")
+    parts += [_implementation(impl) for impl in i["implementations"]]
+    if i["trials"]:
+        parts.append(_trials_table(i["trials"]))
+        if (plot := svg.curve(f'curve-{i["id"]}', i["trials"])) is not None:
+            parts.append(f'<div class="curve">{plot}</div>')
+        parts.append(_logs(i["trials"]))
+    return f'<details class="idea" id="idea-{i["id"]}">{head}<div class="body">{"".join(parts)}</div></details>'
+
+
+def _lineage(i: dict, titles: dict[int, str]) -> str:
+    def links(ids: list[int]) -> str:
+        return ", ".join(f'<a class="lineage" href="#idea-{int(p)}" title="{esc(titles.get(p, ""))}">#{int(p)}</a>'
+                         for p in ids) or "none"
+    return f'<p class="lineage-row">parents: {links(i["parents"])} · children: {links(i["children"])}</p>'
+
+
+def _implementation(impl: dict) -> str:
+    parts = [f'<h4>Implementation {impl["id"]} {_outcome_badge(impl["status"])}'
+             f'{" · " + esc(", ".join(impl["files"])) if impl["files"] else ""}</h4>']
+    if impl["error"]:
+        parts.append(f'<pre class="error">{esc(impl["error"])}</pre>')
+    if impl["attempts"]:
+        rows = "".join(f'<tr><td class="num">{esc(a["sample"])}</td><td class="num">{esc(a["round"])}</td>'
+                       f'<td>{esc(a["stage"])}</td><td class="num">{fmt(a["seconds"], 3) if a["seconds"] is not None else "–"}</td>'
+                       f'<td><pre class="cell">{esc(a["error"] or "")}</pre></td></tr>' for a in impl["attempts"])
+        parts.append(f'<details class="attempts" id="attempts-{impl["id"]}"><summary>{len(impl["attempts"])} attempt(s)</summary>'
+                     '<table class="small"><thead><tr><th>sample</th><th>round</th><th>stage</th><th>s</th><th>error</th>'
+                     f'</tr></thead><tbody>{rows}</tbody></table></details>')
+    if impl["diff"]:
+        parts.append(diff_html(impl["diff"]))
+    return "".join(parts)
+
+
+def diff_html(diff: str) -> str:
+    """A unified diff with one span per line, classed by kind (escaped line by line)."""
+    out = []
+    for line in diff.splitlines():
+        if line.startswith(("+++", "---")):
+            cls = "d-file"
+        elif line.startswith("@@"):
+            cls = "d-hunk"
+        elif line.startswith("+"):
+            cls = "d-add"
+        elif line.startswith("-"):
+            cls = "d-del"
+        else:
+            cls = "d-ctx"
+        out.append(f'<span class="{cls}">{esc(line) or " "}</span>')
+    return f'<pre class="diff">{"".join(out)}</pre>'
+
+
+def _trials_table(trials: list[dict]) -> str:
+    rows = "".join(
+        f'<tr data-trial-id="{t["id"]}"><td class="num">{t["id"]}</td><td>{esc(t["role"])}</td><td class="num">{t["seed"]}</td>'
+        f'<td>{_outcome_badge(t["outcome"] or t["status"])}</td>'
+        f'<td class="num">{fmt(t["metric"], 5) if t["metric"] is not None else "–"}</td>'
+        f'<td class="num">{fmt(t["train_s"], 3) if t["train_s"] is not None else "–"}</td>'
+        f'<td class="num">{fmt(t["eval_s"], 3) if t["eval_s"] is not None else "–"}</td>'
+        f'<td class="reason">{esc(t["reason"] or "")}</td></tr>' for t in trials)
+    return ('<table class="small trials"><thead><tr><th>trial</th><th>role</th><th>seed</th><th>outcome</th>'
+            f'<th>metric</th><th>train s</th><th>eval s</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>')
+
+
+def _logs(trials: list[dict]) -> str:
+    return "".join(f'<details class="log" id="log-{t["id"]}-{esc(name)}"><summary>trial {t["id"]} · {esc(name)} (last lines)</summary>'
+                   f'<pre class="log">{esc(text)}</pre></details>'
+                   for t in trials for name, text in t["logs"].items())
+
+
+def _baseline_trials(data: dict) -> str:
+    trials = data["baseline_trials"]
+    if not trials:
+        return ""
+    return (f'<section id="baseline"><h2>Baseline trials</h2>{_trials_table(trials)}'
+            f'{_logs(trials)}</section>')
