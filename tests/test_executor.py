@@ -151,9 +151,12 @@ def test_crash_is_failed_with_exit_code_and_tail(tmp_path):
     assert "ValueError: bad shape [3, 4]" in t["reason"]
 
 
-def test_memory_error_is_oom(tmp_path):
-    t = run_one(tmp_path, "x = bytearray(1 << 40)\n")
+def test_memory_limit_makes_oom(tmp_path):
+    # [resources] memory_gb caps the trial's address space, so the allocation fails at once
+    # (without it, what happens depends on the machine's overcommit and OOM killer).
+    t = run_one(tmp_path, "x = bytearray(8 << 30)\n", extra_toml="memory_gb = 2")
     assert t["outcome"] == "oom"
+    assert "MemoryError" in t["reason"]
 
 
 def test_evaluator_verdicts(tmp_path):
