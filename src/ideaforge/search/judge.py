@@ -77,5 +77,5 @@ def leaderboard(store: Any, goal: str) -> tuple[Stats | None, list[dict]]:
             "beats": beats(st, base, goal), "z": z_score(st, base, goal) if st and base else None,
         })
     sign = 1 if goal == "min" else -1
-    rows.sort(key=lambda r: (r["stats"] is None, sign * r["stats"].mean if r["stats"] else 0.0))
+    rows.sort(key=lambda r: (r["stats"] is None, sign * r["stats"].mean if r["stats"] else 0.0, r["idea_id"]))
     return base, rows
