@@ -46,7 +46,8 @@ def main() -> int:
     ap.add_argument("--trials", type=int, default=64)
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--seconds", type=float, default=1.0, help="training time per trial")
-    ap.add_argument("--executor", choices=["local"], default="local")
+    ap.add_argument("--executor", choices=["local", "ray"], default="local")
+    ap.add_argument("--ray-address", help="an existing Ray cluster (default: start a local one with SLOTS CPUs)")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -59,7 +60,14 @@ def main() -> int:
         with camp.store.tx():
             for i in range(args.trials):
                 camp.store.add_trial("baseline", seed=i, budget_s=args.seconds)
-        with LocalExecutor(slots=args.slots) as executor:
+        if args.executor == "ray":
+            from ideaforge.execute.ray_backend import RayExecutor
+
+            init = {} if args.ray_address else {"num_cpus": args.slots}
+            executor = RayExecutor(args.ray_address, slots=args.slots, init_kwargs=init)
+        else:
+            executor = LocalExecutor(slots=args.slots)
+        with executor:
             t0 = time.monotonic()
             TrialRunner(camp, executor).drain()
             wall = time.monotonic() - t0

@@ -42,7 +42,11 @@ def detect_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def make_executor(args, spec: EnvSpec) -> LocalExecutor:
+def make_executor(args, spec: EnvSpec):
+    if getattr(args, "executor", "local") == "ray":
+        from ideaforge.execute.ray_backend import RayExecutor  # imports ray: only when asked for
+
+        return RayExecutor(args.ray_address, slots=getattr(args, "slots", None), cpus_per_trial=spec.cpus)
     gpus = [g for g in args.gpus.split(",") if g] if getattr(args, "gpus", None) else (detect_gpus() if spec.gpus else [])
     if spec.gpus:
         default_slots = max(1, len(gpus) // spec.gpus)
@@ -71,7 +75,7 @@ def print_trial(info: dict, spec: EnvSpec) -> None:
             _say(f"      {line}")
 
 
-def run_trials(campaign: Campaign, executor: LocalExecutor, total: int) -> None:
+def run_trials(campaign: Campaign, executor, total: int) -> None:
     done = [0]
     t0 = time.monotonic()
 
@@ -597,6 +601,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slots", type=int, help="trials at once (default: cores / env cpus, or GPUs / env gpus)")
     p.add_argument("--gpus", help="GPU ids to lend to trials, e.g. 0,1,2,3 (default: all that nvidia-smi lists)")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="where trials run: this machine, or a Ray cluster (see docs/ray.md)")
+    p.add_argument("--ray-address", help="with --executor ray: auto, HOST:6379 or ray://HOST:10001 "
+                                         "(default: a local Ray instance)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -318,9 +318,14 @@ def run_trial(trial_dir: Path, gpu_ids: list[str] | None = None) -> dict:
     return record
 
 
-def _on_term(signum, frame):  # the controller stops this trial: take its whole tree down, no record
+def kill_current_trial() -> None:
+    """Kill the running trial's whole process tree (training or evaluator), if any."""
     _kill_tree(_current, signal.SIGKILL)
     _reap()
+
+
+def _on_term(signum, frame):  # the controller stops this trial: take its whole tree down, no record
+    kill_current_trial()
     os._exit(128 + signum)
 
 

@@ -128,10 +128,16 @@ class TrialRunner:
             if record is not None:
                 self._ingest(trial["id"], record)
                 continue
-            pid = find_worker(tdir)
-            if pid is not None and self.executor.attach(trial["id"], tdir, pid):
-                self.on_event("attached", {"trial": trial["id"], "pid": pid})
-                continue
+            reattach = getattr(self.executor, "reattach", None)  # the Ray backend finds its actor by name
+            if reattach is not None:
+                if reattach(trial["id"], tdir):
+                    self.on_event("attached", {"trial": trial["id"]})
+                    continue
+            else:
+                pid = find_worker(tdir)
+                if pid is not None and self.executor.attach(trial["id"], tdir, pid):
+                    self.on_event("attached", {"trial": trial["id"], "pid": pid})
+                    continue
             self.store.requeue(trial["id"])
             self.on_event("requeued", {"trial": trial["id"]})
 

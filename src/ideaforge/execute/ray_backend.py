@@ -1,0 +1,567 @@
+"""The Ray backend: trials run in detached Ray actors anywhere on a cluster.
+
+Same contract as `LocalExecutor` (slots, GPU accounting, start/wait/wake/stop_all,
+`Finished` events), so `TrialRunner` drives either. What differs is where a trial runs:
+
+- **Shipping.** The controller packs the trial's `work/` into a deterministic tar.gz,
+  names it by sha256 and `ray.put`s it once (trials with the same workspace share one
+  object); the hidden files go as a second object, also content-addressed. Data is
+  *not* shipped: the workspace's data links and `job.data` are absolute paths that must
+  exist on the worker node too (a shared filesystem, or the same path on every node).
+- **Running.** The actor unpacks into node-local scratch, rewrites `hidden_src` to the
+  unpacked hidden files, and calls `worker.run_trial` there: timeouts, process-tree
+  kills, credential stripping, pristine-hidden-file checks and the record are the local
+  executor's own. It returns the record plus the logs (each capped at `LOG_CAP` bytes),
+  which the controller writes into the campaign's trial directory.
+- **Workers.** A trial runs in a detached, named actor (`ideaforge-worker-<id>`, namespace
+  "ideaforge") holding the trial's CPUs, GPUs and memory. Actors are reused from trial to
+  trial of the same shape: a fresh Ray worker process costs ~0.5 s of CPU.
+- **Crashes.** A detached actor outlives a controller killed with SIGKILL and keeps its
+  result until collected; `ray.json` in the trial directory names it, and a new
+  controller finds it with `reattach()`. A worker process or node that dies fails the
+  trial's call: the controller re-runs it once on a fresh actor (wherever Ray places it)
+  and marks the record `"retried": 1`; a second loss ends the trial as `failed`.
+
+Ray is imported only when an executor is built: importing ideaforge never imports it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import tarfile
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ideaforge.errors import ExecutionError
+from ideaforge.execute.job import atomic_write_json
+from ideaforge.execute.local import Finished
+
+NAMESPACE = "ideaforge"
+LOG_FILES = ("train.out", "train.err", "eval.out", "eval.err", "worker.json")
+LOG_CAP = 1 << 20          # bytes of each log brought back (the tail: errors are at the end)
+BLOB_CACHE = 256           # content-addressed objects the controller keeps referenced
+WAIT_S = 0.1               # ray.wait's bound, seconds: how soon a newly started trial is watched
+DEFAULT_SCRATCH = "/tmp/ideaforge-ray"  # node-local unpack directory on every worker node
+IDLE_KEEP_S = 60.0         # an idle worker actor is reused within this many seconds, else killed
+IDLE_EXIT_S = 900.0        # an actor idle this long exits by itself (its controller is gone)
+RESULT_KEEP_S = 86400.0    # ... or this long, when it holds a result no controller has collected
+
+
+# -- packing: deterministic, so equal workspaces get equal names -------------------------------
+def pack_tree(root: Path, members: list[str] | None = None) -> bytes:
+    """A tar.gz of `root` (or of `members` under it), byte-identical for identical contents.
+
+    Symlinks (the workspace's data links) are stored as links, never followed: data is
+    not shipped.
+    """
+    root = Path(root)
+    if members is None:
+        members = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            rel = os.path.relpath(dirpath, root)
+            for name in sorted(dirnames + filenames):
+                members.append(os.path.normpath(os.path.join(rel, name)))
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=6) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for rel in sorted(members):
+                info = tar.gettarinfo(str(root / rel), arcname=rel)
+                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+                if info.isfile():
+                    with open(root / rel, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+    return buf.getvalue()
+
+
+def unpack(blob: bytes, dest: Path) -> None:
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        tar.extractall(dest, filter="tar")  # "tar", not "data": absolute data links must survive
+
+
+def campaign_key(trial_dir: Path) -> str:
+    """A short stable name for the campaign that owns `trial_dir` (ROOT/trials/NNNNN)."""
+    return hashlib.sha256(str(Path(trial_dir).resolve().parent.parent).encode()).hexdigest()[:12]
+
+
+def trial_key(trial_dir: Path, trial_id: int) -> str:
+    """The trial's name on the cluster (and its node-local scratch directory)."""
+    return f"ideaforge-trial-{campaign_key(trial_dir)}-{trial_id}"
+
+
+# -- the worker side --------------------------------------------------------------------------
+class TrialActor:
+    """A reusable worker on a Ray node, wrapped with `ray.remote` by the executor.
+
+    It runs one trial at a time in a thread (so `stop()` is served while it trains) and
+    keeps each result until the controller has written it down and calls `forget()`: a
+    controller that crashed in between collects it with `result()`. Reuse matters: a new
+    Ray worker process costs ~0.5 s of CPU (measured on 2 cores). An actor left behind by
+    a controller that never came back exits by itself after IDLE_EXIT_S (RESULT_KEEP_S
+    while it holds an uncollected result).
+    """
+
+    def __init__(self):
+        self.trials: dict[str, dict] = {}  # key -> {"done": Event, "result": dict | None, "stopping": bool}
+        self.last_active = time.monotonic()
+        threading.Thread(target=self._exit_when_idle, daemon=True).start()
+
+    def run(self, key: str, order: dict, workspace: bytes, hidden: bytes) -> dict:
+        """Run one trial to its end and return its result (also kept until `forget(key)`)."""
+        state: dict = {"done": threading.Event(), "result": None, "stopping": False}
+        state["thread"] = threading.Thread(target=self._run, args=(state, order, workspace, hidden), daemon=True)
+        self.trials[key] = state
+        state["thread"].start()
+        return self.result(key)
+
+    def result(self, key: str) -> dict | None:
+        state = self.trials.get(key)
+        if state is None:
+            return None
+        state["done"].wait()
+        return state["result"]
+
+    def knows(self, key: str) -> bool:
+        return key in self.trials
+
+    def forget(self, key: str) -> None:
+        self.trials.pop(key, None)
+        self.last_active = time.monotonic()
+
+    def stop(self) -> None:
+        """Kill the running trial's process tree (again, until run_trial gives up); no result counts."""
+        from ideaforge.execute import worker
+
+        for state in list(self.trials.values()):
+            state["stopping"] = True
+            while state["thread"].is_alive():
+                worker.kill_current_trial()
+                state["thread"].join(0.05)
+
+    def _run(self, state: dict, order: dict, workspace: bytes, hidden: bytes) -> None:
+        import ray  # on the worker, ray is already loaded
+        from ideaforge.execute import worker
+
+        # Custom-resource "GPUs" (tests) carry ids leased by the controller; real GPUs are
+        # the ones Ray assigned to this actor (it has set CUDA_VISIBLE_DEVICES to them).
+        gpus = [str(g) for g in (order["gpus"] if order["gpus"] is not None else ray.get_gpu_ids())]
+        root = Path(order["scratch"]) / order["name"]
+        tdir = root / "trial"
+        record: dict
+        try:
+            _kill_leftovers(root)  # an earlier attempt on this node, orphaned by a worker crash
+            shutil.rmtree(root, ignore_errors=True)
+            unpack(workspace, tdir / "work")
+            job = dict(order["job"], hidden_src=str(_hidden_cache(Path(order["scratch"]), hidden)))
+            atomic_write_json(tdir / "job.json", job, durable=False)
+            missing = _missing_data(job)
+            if missing:
+                record = {"trial_id": job["trial_id"], "outcome": "failed", "exit_code": None, "reason":
+                          f"data path {missing} does not exist on Ray node {socket.gethostname()}: the Ray "
+                          f"backend ships workspaces, not data; data must be on a shared filesystem mounted "
+                          f"at the same path on every node", "ended_at": time.time()}
+            elif state["stopping"]:
+                record = {"outcome": "failed", "reason": "stopped before it started", "ended_at": time.time()}
+            else:
+                record = worker.run_trial(tdir, gpus)
+        except Exception as e:  # the edge of a trial on the worker: report it, never hang the controller
+            import traceback
+
+            record = {"outcome": "failed", "reason": f"ideaforge Ray worker error: {e!r}\n"
+                      + traceback.format_exc(limit=5), "ended_at": time.time()}
+        record["node"] = socket.gethostname()
+        if order.get("retried"):
+            record["retried"] = order["retried"]
+        files = {name: _read_tail(tdir / name, LOG_CAP) for name in LOG_FILES if (tdir / name).exists()}
+        if not order.get("keep_scratch"):
+            shutil.rmtree(root, ignore_errors=True)
+        # A trial stopped by the controller left a record of its killing: not a result.
+        state["result"] = {"record": record, "files": files, "gpus": gpus, "stopped": state["stopping"]}
+        self.last_active = time.monotonic()
+        state["done"].set()
+
+    def _exit_when_idle(self) -> None:
+        while True:
+            time.sleep(10)
+            states = list(self.trials.values())
+            if any(not st["done"].is_set() for st in states):
+                continue
+            # A result nobody collected yet waits longer: its controller may be resumed.
+            limit = RESULT_KEEP_S if states else IDLE_EXIT_S
+            if time.monotonic() - self.last_active > limit:
+                os._exit(0)
+
+
+def _hidden_cache(scratch: Path, blob: bytes) -> Path:
+    """Unpack the hidden files once per node and content hash; run_trial checks each file's sha256."""
+    dest = scratch / f"hidden-{hashlib.sha256(blob).hexdigest()[:16]}"
+    if not dest.is_dir():
+        tmp = scratch / f".hidden-{os.getpid()}-{threading.get_ident()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        unpack(blob, tmp)
+        try:
+            os.rename(tmp, dest)
+        except OSError:  # another trial on this node got there first
+            shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def _missing_data(job: dict) -> str | None:
+    paths = list(job.get("data", {}).values()) + ([job["prepared"]] if job.get("prepared") else [])
+    return next((p for p in paths if not os.path.exists(p)), None)
+
+
+def _kill_leftovers(root: Path) -> None:
+    """SIGKILL every process working under `root` (found by its cwd)."""
+    if not root.exists():
+        return
+    prefix = str(root) + os.sep
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if (os.readlink(f"/proc/{entry}/cwd") + os.sep).startswith(prefix):
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
+def _read_tail(path: Path, cap: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        f.seek(max(0, size - cap))
+        data = f.read()
+    return (f"[... first {size - cap} bytes not kept ...]\n".encode() + data) if size > cap else data
+
+
+# -- the controller side ------------------------------------------------------------------------
+@dataclass
+class _Run:
+    actor: Any
+    actor_name: str
+    ref: Any                      # resolves to the actor's result
+    trial_dir: Path
+    key: str
+    gpus: int
+    lease: list[str] = field(default_factory=list)
+    shape: tuple | None = None    # the actor's resources; None: adopted after a restart, not reused
+    launch: tuple | None = None   # (order, workspace ref, hidden ref), for the one retry
+    info: dict = field(default_factory=dict)  # what ray.json records besides the actor's name
+
+
+class RayExecutor:
+    """Trials on a Ray cluster; the controller keeps its own count of slots and GPUs.
+
+    address:        None starts a local cluster (or uses the one this process is connected
+                    to); "auto", "HOST:6379" or "ray://HOST:10001" connect to an existing one.
+    slots:          trials at once (default: the cluster's CPUs // cpus_per_trial).
+    cpus_per_trial: CPUs each trial asks Ray for (None: the job's `cpus`).
+    gpu_resource:   the Ray resource counted as GPUs; tests use a custom one ("fake_gpu"),
+                    whose ids the controller leases itself (meaningful on one node only).
+    scratch:        node-local directory trials are unpacked into on every worker node.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, slots: int | None = None, *, cpus_per_trial: int | None = None,
+                 gpu_resource: str = "GPU", scratch: str = DEFAULT_SCRATCH, keep_scratch: bool = False,
+                 init_kwargs: dict | None = None):
+        import ray
+
+        self._ray = ray
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            kw: dict[str, Any] = {"namespace": NAMESPACE}
+            if not (address or "").startswith("ray://"):  # Ray Client forwards only what its server accepts
+                kw["log_to_driver"] = False  # trial output goes to the trial's own files
+            if address is None:
+                kw["include_dashboard"] = False
+            ray.init(address=address, **{**kw, **(init_kwargs or {})})
+        self.gpu_resource = gpu_resource
+        self.cpus_per_trial = cpus_per_trial
+        self.scratch, self.keep_scratch = scratch, keep_scratch
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        total_cpus = sum(n.get("CPU", 0) for n in nodes)
+        self.total_gpus = int(sum(n.get(gpu_resource, 0) for n in nodes))
+        self._max_node_gpus = int(max((n.get(gpu_resource, 0) for n in nodes), default=0))
+        self.slots = slots if slots is not None else max(1, int(total_cpus // max(1, cpus_per_trial or 1)))
+        if self.slots < 1:
+            raise ExecutionError(f"slots must be >= 1, got {self.slots}")
+        # Controller-leased ids exist only for a custom resource; Ray assigns real GPUs itself.
+        self._free_ids = [str(i) for i in range(self.total_gpus)] if gpu_resource != "GPU" else None
+        self._used_gpus = 0
+        self._actor_cls = ray.remote(TrialActor)
+        self._idle: list[tuple[tuple, Any, float]] = []  # (shape, actor, idle since), reused by shape
+        self._blobs: OrderedDict[str, Any] = OrderedDict()  # sha256 -> ObjectRef
+        self._hidden_sha: dict[tuple, str] = {}
+        self._running: dict[int, _Run] = {}
+        self._by_ref: dict[Any, int] = {}
+        self._events: queue.Queue[Finished | None] = queue.Queue()
+        self._lock = threading.Condition()
+        self._stopping = False
+        self._closed = False
+        self._waiter = threading.Thread(target=self._wait_loop, name="ray-waiter", daemon=True)
+        self._waiter.start()
+
+    def __enter__(self) -> "RayExecutor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- capacity ------------------------------------------------------------------
+    def running(self) -> int:
+        return len(self._running)
+
+    def fits_ever(self, gpus: int) -> bool:
+        return gpus <= self._max_node_gpus  # a trial's GPUs are on one node
+
+    def can_start(self, gpus: int = 0) -> bool:
+        with self._lock:
+            return len(self._running) < self.slots and self._used_gpus + gpus <= self.total_gpus
+
+    # -- launching -----------------------------------------------------------------
+    def start(self, trial_id: int, trial_dir: Path, gpus: int = 0) -> int:
+        """Ship a prepared trial directory to a worker actor. Returns 0: there is no local pid."""
+        trial_dir = Path(trial_dir).resolve()
+        job = json.loads((trial_dir / "job.json").read_text())
+        with self._lock:
+            if len(self._running) >= self.slots or self._used_gpus + gpus > self.total_gpus:
+                raise ExecutionError(f"no free slot for trial {trial_id}")
+            lease = None
+            if self._free_ids is not None:
+                lease, self._free_ids = self._free_ids[:gpus], self._free_ids[gpus:]
+            self._used_gpus += gpus
+        key = trial_key(trial_dir, trial_id)
+        ws_sha, ws_ref = self._blob(pack_tree(trial_dir / "work"))
+        hid_sha, hid_ref = self._hidden_blob(job)
+        cpus = self.cpus_per_trial if self.cpus_per_trial is not None else job["cpus"]
+        shape = (cpus, gpus, job.get("memory_gb"))
+        order = {"name": key, "job": job, "gpus": lease, "scratch": self.scratch, "keep_scratch": self.keep_scratch}
+        run = _Run(None, "", None, trial_dir, key, gpus, lease or [], shape, (order, ws_ref, hid_ref))
+        run.info = {"key": key, "namespace": NAMESPACE, "gpus": lease, "workspace_sha256": ws_sha,
+                    "hidden_sha256": hid_sha}
+        self._launch(trial_id, run)
+        return 0
+
+    def _launch(self, trial_id: int, run: _Run) -> None:
+        actor, name = self._take_idle(run.shape) or self._new_actor(run.shape)
+        # Named on disk before the trial is handed over: a controller killed in between finds
+        # an actor that does not know the trial, and re-queues it.
+        atomic_write_json(run.trial_dir / "ray.json", dict(run.info, actor=name, started_at=time.time()), durable=False)
+        order, ws_ref, hid_ref = run.launch
+        run.actor, run.actor_name = actor, name
+        run.ref = actor.run.remote(run.key, order, ws_ref, hid_ref)
+        self._track(trial_id, run)
+
+    def _take_idle(self, shape: tuple):
+        """A recently idle actor of this shape; else None, after killing every idle actor:
+        idle actors hold their CPUs and GPUs, which the new one may need."""
+        now = time.monotonic()
+        with self._lock:
+            found = next((e for e in self._idle if e[0] == shape and now - e[2] < IDLE_KEEP_S), None)
+            if found is not None:
+                self._idle.remove(found)
+                return found[1]
+            idle, self._idle = self._idle, []
+        for _, (actor, _), _ in idle:
+            self._kill(actor)
+        return None
+
+    def _new_actor(self, shape: tuple):
+        cpus, gpus, memory_gb = shape
+        name = f"ideaforge-worker-{os.urandom(6).hex()}"
+        opts: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "lifetime": "detached", "max_restarts": 0,
+                                "max_concurrency": 4, "num_cpus": cpus}
+        if gpus and self.gpu_resource == "GPU":
+            opts["num_gpus"] = gpus
+        elif gpus:
+            opts["resources"] = {self.gpu_resource: gpus}
+        if memory_gb:
+            opts["memory"] = int(memory_gb * (1 << 30))
+        return self._actor_cls.options(**opts).remote(), name
+
+    def reattach(self, trial_id: int, trial_dir: Path) -> bool:
+        """Wait again for a trial an earlier controller started. False when its actor is gone
+        or does not know the trial (the caller re-queues it)."""
+        trial_dir = Path(trial_dir).resolve()
+        if trial_id in self._running:
+            return True  # already watched by this executor
+        try:
+            info = json.loads((trial_dir / "ray.json").read_text())
+            actor = self._ray.get_actor(info["actor"], namespace=info.get("namespace", NAMESPACE))
+            if not self._ray.get(actor.knows.remote(info["key"]), timeout=30):
+                return False
+        except (OSError, ValueError, KeyError, self._ray.exceptions.RayError):
+            return False
+        lease = list(info.get("gpus") or [])
+        gpus = len(lease) if lease else int(json.loads((trial_dir / "job.json").read_text()).get("gpus", 0))
+        with self._lock:
+            if self._free_ids is not None:
+                self._free_ids = [g for g in self._free_ids if g not in lease]
+            self._used_gpus += gpus
+        self._track(trial_id, _Run(actor, info["actor"], actor.result.remote(info["key"]), trial_dir, info["key"],
+                                   gpus, lease))
+        return True
+
+    def _track(self, trial_id: int, run: _Run) -> None:
+        with self._lock:
+            self._running[trial_id] = run
+            self._by_ref[run.ref] = trial_id
+            self._lock.notify_all()
+
+    def _blob(self, data: bytes) -> tuple[str, Any]:
+        sha = hashlib.sha256(data).hexdigest()
+        ref = self._blobs.get(sha)
+        if ref is None:
+            ref = self._blobs[sha] = self._ray.put(data)
+            while len(self._blobs) > BLOB_CACHE:
+                self._blobs.popitem(last=False)  # running trials hold their own references
+        else:
+            self._blobs.move_to_end(sha)
+        return sha, ref
+
+    def _hidden_blob(self, job: dict) -> tuple[str, Any]:
+        """The hidden files, packed once per campaign snapshot (not once per trial)."""
+        key = (job["hidden_src"], tuple(sorted(job["hidden"].items())))
+        sha = self._hidden_sha.get(key)
+        if sha is not None and sha in self._blobs:
+            self._blobs.move_to_end(sha)
+            return sha, self._blobs[sha]
+        sha, ref = self._blob(pack_tree(Path(job["hidden_src"]), list(job["hidden"])))
+        self._hidden_sha[key] = sha
+        return sha, ref
+
+    def _kill(self, actor) -> None:
+        try:
+            self._ray.kill(actor)
+        except Exception:  # already dead or unreachable: nothing left to free
+            pass
+
+    # -- events --------------------------------------------------------------------
+    def _wait_loop(self) -> None:
+        ray = self._ray
+        while True:
+            with self._lock:
+                while not self._by_ref and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                refs = list(self._by_ref)
+            # Bounded, so that trials started meanwhile join the watched set within WAIT_S.
+            ready, rest = ray.wait(refs, num_returns=1, timeout=WAIT_S)
+            if ready and rest:
+                more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+                ready += more
+            for ref in ready:
+                self._collect(ref)
+
+    def _collect(self, ref) -> None:
+        ray = self._ray
+        with self._lock:
+            trial_id = self._by_ref.pop(ref)
+            run = self._running[trial_id]
+        files: dict[str, bytes] = {}
+        gpus, reuse = run.lease, run.shape is not None
+        try:
+            got = ray.get(ref)
+            if got is None:  # an adopted actor that no longer knows the trial
+                record, reuse = None, False
+            else:
+                record, files, gpus = (None if got["stopped"] else got["record"]), got["files"], got["gpus"]
+        except ray.exceptions.RayActorError as e:  # the worker process or its node is gone
+            reuse = False
+            if run.launch is not None and not run.launch[0].get("retried") and not self._stopping:
+                run.launch[0]["retried"] = 1
+                self._launch(trial_id, run)  # once, on whatever node Ray finds
+                return
+            record = None if self._stopping or run.launch is None else {
+                "trial_id": trial_id, "outcome": "failed", "exit_code": None, "retried": 1, "ended_at": time.time(),
+                "reason": f"the Ray worker running this trial died again after one retry (node or worker lost):\n"
+                          f"{str(e)[:2000]}"}
+        except ray.exceptions.RayError as e:  # lost objects, runtime-env failures: final, not the idea's fault
+            reuse = False
+            record = None if self._stopping else {
+                "trial_id": trial_id, "outcome": "failed", "exit_code": None, "ended_at": time.time(),
+                "reason": f"Ray could not run this trial: {e.__class__.__name__}: {str(e)[:2000]}"}
+        if record is not None:
+            for name, data in files.items():
+                (run.trial_dir / name).write_bytes(data)
+            atomic_write_json(run.trial_dir / "record.json", record)
+        if reuse and not self._stopping:
+            run.actor.forget.remote(run.key)  # written down: the actor may drop it
+            with self._lock:
+                self._idle.append((run.shape, (run.actor, run.actor_name), time.monotonic()))
+        else:
+            self._kill(run.actor)
+        with self._lock:
+            self._running.pop(trial_id, None)
+            self._used_gpus -= run.gpus
+            if self._free_ids is not None:
+                self._free_ids.extend(run.lease)
+        self._events.put(Finished(trial_id, record, gpus))
+
+    def wake(self) -> None:
+        """Make a waiting `wait()` return (with nothing): another stage has news."""
+        self._events.put(None)
+
+    def wait(self, timeout: float | None = None) -> list[Finished]:
+        """Block until a trial finished, `wake()` was called, or `timeout` seconds; return all finished."""
+        got: list[Finished | None] = []
+        try:
+            got.append(self._events.get(timeout=timeout))
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                got.append(self._events.get_nowait())
+            except queue.Empty:
+                return [f for f in got if f is not None]
+
+    def close(self) -> None:
+        """Let the idle actors go and stop watching; disconnect if this executor connected.
+
+        Actors still running trials live on, for a later controller to `reattach()`.
+        """
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+            self._lock.notify_all()
+        for _, (actor, _), _ in idle:
+            self._kill(actor)
+        self._waiter.join(timeout=5)
+        if self._owns_ray and self._ray.is_initialized():
+            self._ray.shutdown()
+            self._owns_ray = False
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        """Kill every running trial's process tree on its node, then its actor; they write no record."""
+        self._stopping = True
+        with self._lock:
+            actors = [r.actor for r in self._running.values()]
+        try:
+            self._ray.get([a.stop.remote() for a in actors], timeout=timeout)
+        except self._ray.exceptions.RayError:
+            pass  # a dead or stuck actor: the kill below takes its worker down
+        for a in actors:
+            self._kill(a)
+        deadline = time.monotonic() + timeout
+        while self._running and time.monotonic() < deadline:
+            time.sleep(0.05)  # the waiter drains _running as the actors die
+        self.close()
