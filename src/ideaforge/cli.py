@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,8 +27,12 @@ from ideaforge.search.campaign import Campaign, TrialRunner
 DEFAULT_MODEL = "anthropic:claude-sonnet-4-5"
 
 
+_SAY = threading.Lock()  # progress comes from implementation threads too
+
+
 def _say(msg: str = "") -> None:
-    print(msg, flush=True)
+    with _SAY:
+        print(msg, flush=True)
 
 
 # -- shared helpers ---------------------------------------------------------------------
@@ -395,46 +400,11 @@ def cmd_resume(args) -> int:
 
 
 def print_status(campaign: Campaign, top: int = 10) -> None:
-    from ideaforge.search.judge import leaderboard
-    from ideaforge.search.loop import compute_hours
+    from ideaforge.report.text import status_lines
 
-    spec, store = campaign.spec, campaign.store
-    base, rows = leaderboard(store, spec.goal)
-    arrow = "lower" if spec.goal == "min" else "higher"
-    _say(f"{spec.name}: {spec.metric} ({arrow} is better)")
-    _say(f"baseline: {base.fmt() if base else 'not measured yet'}")
-    _say()
-    _say(f"{'rank':>4} {'idea':>5} {'epoch':>5}  {spec.metric + ' mean ± std (n)':<28} {'vs baseline':<22} title")
-    for i, r in enumerate([r for r in rows if r["stats"]][:top], 1):
-        verdict = ("beats, beyond noise" if r["beats"] else "within noise" if r["z"] is not None and r["z"] > 0
-                   else "worse or equal") + (f" (z={r['z']:.1f})" if r["z"] is not None else "")
-        _say(f"{i:>4} {r['idea_id']:>5} {r['epoch']:>5}  {r['stats'].fmt():<28} {verdict:<22} {r['title'][:60]}")
-    _say()
-    ideas = store.ideas()
-    _say(f"{'epoch':>5} {'ideas':>5} {'executed':>8} {'best':>10} {'mean':>10}  failures")
-    for epoch in sorted({i['epoch'] for i in ideas}):
-        ep_rows = [r for r in rows if r["epoch"] == epoch]
-        values = [r["stats"].mean for r in ep_rows if r["stats"]]
-        n_ideas = sum(i["epoch"] == epoch for i in ideas)
-        fails: dict[str, int] = {}
-        for i in ideas:
-            if i["epoch"] == epoch and i["status"] == "implement_failed":
-                fails["implement_failed"] = fails.get("implement_failed", 0) + 1
-        for r in ep_rows:
-            if r["outcome"] not in ("evaluated", "pending"):
-                fails[r["outcome"]] = fails.get(r["outcome"], 0) + 1
-        best = (min(values) if spec.goal == "min" else max(values)) if values else None
-        mean = sum(values) / len(values) if values else None
-        rate = f"{len(values)}/{n_ideas}"
-        _say(f"{epoch:>5} {n_ideas:>5} {rate:>8} {fmt_metric(best):>10} {fmt_metric(mean):>10}  "
-             + (", ".join(f"{k} {v}" for k, v in sorted(fails.items())) or "-"))
-    cpu_h, gpu_h = compute_hours(store, spec.cpus, spec.gpus)
-    elapsed = store.get_meta("elapsed_s", 0.0)
-    _say()
-    _say(f"spend: ${store.llm_spend():.2f} on model calls, {cpu_h:.2f} CPU-h, {gpu_h:.2f} GPU-h of trials, "
-         f"{elapsed / 60:.1f} min wall")
-    if store.get_meta("stopped"):
-        _say(f"stopped early: {store.get_meta('stopped')}")
+    for line in status_lines(campaign.store, campaign.spec.name, campaign.spec.metric, campaign.spec.goal,
+                             campaign.spec.cpus, campaign.spec.gpus, top):
+        _say(line)
 
 
 def cmd_status(args) -> int:
@@ -444,46 +414,10 @@ def cmd_status(args) -> int:
 
 
 def cmd_show(args) -> int:
-    import json as _json
-    from ideaforge.execute.worker import tail
+    from ideaforge.report.text import show_idea
 
     campaign = Campaign.open(args.dir)
-    store = campaign.store
-    ideas = {i["id"]: i for i in store.ideas()}
-    idea = ideas.get(args.idea)
-    if idea is None:
-        _say(f"no idea {args.idea} in {args.dir}; ideas are numbered 1..{max(ideas) if ideas else 0}")
-        return 2
-    _say(f"idea {idea['id']} (epoch {idea['epoch']}, {idea['kind']}, {idea['status']}): {idea['title']}")
-    if idea["parents"]:
-        _say("parents: " + "; ".join(f"{p}: {ideas[p]['title']}" for p in idea["parents"] if p in ideas))
-    children = [i for i in ideas.values() if idea["id"] in i["parents"]]
-    if children:
-        _say("children: " + "; ".join(f"{c['id']}: {c['title']}" for c in children))
-    _say()
-    _say(idea["description"])
-    if idea["code_changes"]:
-        _say("\ncode changes: " + idea["code_changes"])
-    for impl in store.implementations(idea["id"]):
-        _say(f"\nimplementation {impl['id']}: {impl['status']} after {len(impl['attempts'])} attempt(s)")
-        for a in impl["attempts"]:
-            err = (a.get("error") or "").strip().splitlines()
-            _say(f"  sample {a['sample']} round {a['round']}: {a['stage']}" + (f" — {err[0][:100]}" if err else ""))
-        if impl["error"]:
-            _say(impl["error"])
-        _say(impl["diff"])
-        for t in store.execute("SELECT id FROM trials WHERE implementation_id=? ORDER BY id", (impl["id"],)).fetchall():
-            tr = store.trial(t[0])
-            value = f"{campaign.spec.metric} = {fmt_metric(tr['metric'])}" if tr["outcome"] == "evaluated" else (tr["outcome"] or tr["status"])
-            _say(f"trial {tr['id']} ({tr['role']}, seed {tr['seed']}): {value}")
-            if tr["outcome"] not in (None, "evaluated"):
-                _say("  " + (tr["reason"] or "").replace("\n", "\n  "))
-            log = tail(store.trial_dir(tr["id"]) / "train.err", 10)
-            if log and tr["outcome"] != "evaluated":
-                _say("  stderr tail:\n    " + log.replace("\n", "\n    "))
-            if tr["curve"]:
-                _say(f"  learning curve: {len(tr['curve'])} points, last {_json.dumps(tr['curve'][-1])}")
-    return 0
+    return 0 if show_idea(campaign.store, campaign.spec.metric, args.idea, _say) else 2
 
 
 def cmd_report(args) -> int:
@@ -616,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     except IdeaforgeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `ideaforge show ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -300,6 +300,11 @@ class Store:
         )
         return int(cur.lastrowid)
 
+    def trial_hours(self) -> float:
+        """Hours of trial time (training + evaluation) so far; times the env's cpus/gpus gives CPU-/GPU-hours."""
+        row = self.execute("SELECT COALESCE(SUM(COALESCE(train_s, 0) + COALESCE(eval_s, 0)), 0) FROM trials").fetchone()
+        return float(row[0]) / 3600
+
     def llm_spend(self) -> float:
         return float(self.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()[0])
 

@@ -84,7 +84,7 @@ def _summary(store: Store, spec: dict, config: dict, search: dict, ideas: list[d
              trials: list[dict]) -> dict[str, Any]:
     res = spec.get("resources", {})
     cpus, gpus = int(res.get("cpus", 1)), int(res.get("gpus", 0))
-    trial_s = sum((t["train_s"] or 0.0) + (t["eval_s"] or 0.0) for t in trials)
+    trial_s = store.trial_hours() * 3600
     models = [dict(r) for r in store.execute(
         """SELECT model, COUNT(*) AS calls, SUM(input_tokens) AS input_tokens,
                   SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd

@@ -115,7 +115,8 @@ class Search:
             return f"wall time {self.elapsed():.0f} s reached the limit of {cfg.max_wall_s:.0f} s"
         if cfg.max_usd is not None and self.store.llm_spend() >= cfg.max_usd:
             return f"model spend ${self.store.llm_spend():.2f} reached the limit of ${cfg.max_usd:.2f}"
-        cpu_h, gpu_h = compute_hours(self.store, self.spec.cpus, self.spec.gpus)
+        hours = self.store.trial_hours()
+        cpu_h, gpu_h = hours * self.spec.cpus, hours * self.spec.gpus
         if cfg.max_cpu_hours is not None and cpu_h >= cfg.max_cpu_hours:
             return f"trial compute {cpu_h:.2f} CPU-hours reached the limit of {cfg.max_cpu_hours:.2f}"
         if cfg.max_gpu_hours is not None and gpu_h >= cfg.max_gpu_hours:
@@ -258,12 +259,6 @@ class Search:
                     self.store.add_trial("confirm", seed=seed, budget_s=self.budget_s, implementation_id=impl_id)
         self.emit("confirm", {"ideas": [r["idea_id"] for r in top]})
         self.drain()
-
-
-def compute_hours(store, cpus: int, gpus: int) -> tuple[float, float]:
-    row = store.execute("SELECT COALESCE(SUM(COALESCE(train_s,0) + COALESCE(eval_s,0)), 0) FROM trials").fetchone()
-    hours = float(row[0]) / 3600
-    return hours * cpus, hours * gpus
 
 
 def _idea_text(idea: dict) -> str:

@@ -1,0 +1,88 @@
+"""Plain-text views of a campaign for the terminal: `ideaforge status` and `ideaforge show`."""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+from ideaforge.report.data import log_tail
+from ideaforge.search.judge import leaderboard
+from ideaforge.store import Store
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def status_lines(store: Store, env: str, metric: str, goal: str, cpus: int, gpus: int, top: int = 10) -> list[str]:
+    """Leaderboard (mean ± std, beyond noise or not), per-epoch progress and failures, spend."""
+    base, rows = leaderboard(store, goal)
+    out = [f"{env}: {metric} ({'lower' if goal == 'min' else 'higher'} is better)",
+           f"baseline: {base.fmt() if base else 'not measured yet'}", "",
+           f"{'rank':>4} {'idea':>5} {'epoch':>5}  {metric + ' mean ± std (n)':<28} {'vs baseline':<28} title"]
+    for i, r in enumerate([r for r in rows if r["stats"]][:top], 1):
+        verdict = ("beats, beyond noise" if r["beats"] else "within noise" if r["z"] is not None and r["z"] > 0
+                   else "worse or equal") + (f" (z={r['z']:.1f})" if r["z"] is not None else "")
+        out.append(f"{i:>4} {r['idea_id']:>5} {r['epoch']:>5}  {r['stats'].fmt():<28} {verdict:<28} {r['title'][:60]}")
+    out += ["", f"{'epoch':>5} {'ideas':>5} {'executed':>8} {'best':>10} {'mean':>10}  failures"]
+    ideas = store.ideas()
+    for epoch in sorted({i["epoch"] for i in ideas}):
+        ep_rows = [r for r in rows if r["epoch"] == epoch]
+        values = [r["stats"].mean for r in ep_rows if r["stats"]]
+        fails: dict[str, int] = {}
+        for i in ideas:
+            if i["epoch"] == epoch and i["status"] == "implement_failed":
+                fails["implement_failed"] = fails.get("implement_failed", 0) + 1
+        for r in ep_rows:
+            if r["outcome"] not in ("evaluated", "pending"):
+                fails[r["outcome"]] = fails.get(r["outcome"], 0) + 1
+        best = (min(values) if goal == "min" else max(values)) if values else None
+        mean = sum(values) / len(values) if values else None
+        n_ideas = sum(i["epoch"] == epoch for i in ideas)
+        out.append(f"{epoch:>5} {n_ideas:>5} {f'{len(values)}/{n_ideas}':>8} "
+                   f"{_fmt(best):>10} {_fmt(mean):>10}  " + (", ".join(f"{k} {v}" for k, v in sorted(fails.items())) or "-"))
+    hours = store.trial_hours()
+    out += ["", f"spend: ${store.llm_spend():.2f} on model calls, {hours * cpus:.2f} CPU-h, {hours * gpus:.2f} GPU-h "
+                f"of trials, {store.get_meta('elapsed_s', 0.0) / 60:.1f} min wall"]
+    if store.get_meta("stopped"):
+        out.append(f"stopped early: {store.get_meta('stopped')}")
+    return out
+
+
+def show_idea(store: Store, metric: str, idea_id: int, say: Callable[[str], None]) -> bool:
+    """One idea: lineage, description, implementation attempts, diff, trials and log tails."""
+    ideas = {i["id"]: i for i in store.ideas()}
+    idea = ideas.get(idea_id)
+    if idea is None:
+        say(f"no idea {idea_id} in {store.root}; ideas are numbered 1..{max(ideas) if ideas else 0}")
+        return False
+    say(f"idea {idea['id']} (epoch {idea['epoch']}, {idea['kind']}, {idea['status']}): {idea['title']}")
+    if idea["parents"]:
+        say("parents: " + "; ".join(f"{p}: {ideas[p]['title']}" for p in idea["parents"] if p in ideas))
+    children = [i for i in ideas.values() if idea["id"] in i["parents"]]
+    if children:
+        say("children: " + "; ".join(f"{c['id']}: {c['title']}" for c in children))
+    say("")
+    say(idea["description"])
+    if idea["code_changes"]:
+        say("\ncode changes: " + idea["code_changes"])
+    for impl in store.implementations(idea["id"]):
+        say(f"\nimplementation {impl['id']}: {impl['status']} after {len(impl['attempts'])} attempt(s)")
+        for a in impl["attempts"]:
+            err = (a.get("error") or "").strip().splitlines()
+            say(f"  sample {a['sample']} round {a['round']}: {a['stage']}" + (f" — {err[0][:100]}" if err else ""))
+        if impl["error"]:
+            say(impl["error"])
+        say(impl["diff"])
+        for (tid,) in store.execute("SELECT id FROM trials WHERE implementation_id=? ORDER BY id", (impl["id"],)).fetchall():
+            t = store.trial(tid)
+            value = f"{metric} = {_fmt(t['metric'])}" if t["outcome"] == "evaluated" else (t["outcome"] or t["status"])
+            say(f"trial {t['id']} ({t['role']}, seed {t['seed']}): {value}")
+            if t["outcome"] not in (None, "evaluated"):
+                say("  " + (t["reason"] or "").replace("\n", "\n  "))
+                log = log_tail(store.trial_dir(t["id"]) / "train.err", 10)
+                if log:
+                    say("  stderr tail:\n    " + log.replace("\n", "\n    "))
+            if t["curve"]:
+                say(f"  learning curve: {len(t['curve'])} points, last {json.dumps(t['curve'][-1])}")
+    return True
