@@ -158,7 +158,7 @@ def combos(ctx: Context, parents: list[ScoredIdea], ideator: str) -> list[tuple[
         if blocks is None or set(blocks) <= set(ab) or set(blocks) <= set(bb):
             continue  # conflicting, or one already contains the other
         idea = Idea(
-            title=f"{a.title} + {b.title}",
+            title=join_titles(a.title, b.title),
             description=f"Combine two ideas that did well. {a.title}: {a.description} {b.title}: {b.description}",
             code_changes=describe(blocks),
             parents=[a.id, b.id],
@@ -167,3 +167,13 @@ def combos(ctx: Context, parents: list[ScoredIdea], ideator: str) -> list[tuple[
         )
         out.append((idea, blocks))
     return out
+
+
+def join_titles(*titles: str) -> str:
+    """'A + B' and 'A + C' combine as 'A + B + C', not 'A + B + A + C'."""
+    parts: list[str] = []
+    for t in titles:
+        for part in t.split(" + "):
+            if part not in parts:
+                parts.append(part)
+    return " + ".join(parts)

@@ -87,7 +87,7 @@ class CatalogueIdeator:
                 if blocks is None or set(blocks) == set(pb):
                     continue
                 row.append((Idea(
-                    title=f"{p.title} + {idea.title}",
+                    title=B.join_titles(p.title, idea.title),
                     description=f"Keep the idea that did well ({p.title}: {p.description}) and add: {idea.title}: {idea.description}",
                     code_changes=B.describe(blocks), parents=[p.id], kind="exploit",
                     origin={"ideator": self.name, "prompt": "exploit", "move": "add", "catalogue_id": idea.origin["catalogue_id"]},
