@@ -9,6 +9,7 @@ import argparse
 import math
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -541,8 +542,16 @@ def _executor_args(p: argparse.ArgumentParser) -> None:
                                          "(default: a local Ray instance)")
 
 
+def _stop_cleanly(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Ctrl-C and `kill` stop a campaign cleanly (running trials killed and re-queued). Set
+    # explicitly: a shell that starts us in the background leaves SIGINT ignored.
+    signal.signal(signal.SIGINT, _stop_cleanly)
+    signal.signal(signal.SIGTERM, _stop_cleanly)
     if args.command == "baseline" and not (args.env or args.resume):
         build_parser().error("baseline needs ENV (or --resume DIR)")
     try:
