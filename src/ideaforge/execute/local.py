@@ -11,28 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import select
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 from ideaforge.errors import ExecutionError
+from ideaforge.execute.events import Events, Finished
 
 WORKER_MODULE = "ideaforge.execute.worker"
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the directory holding ideaforge/
-
-
-@dataclass
-class Finished:
-    trial_id: int
-    record: dict | None  # None: the worker died without a record (stopped, or crashed): re-queue
-    gpus: list[str]
 
 
 class LocalExecutor:
@@ -44,7 +36,7 @@ class LocalExecutor:
         self.slots = slots
         self._free_gpus = [str(g) for g in gpus]
         self.total_gpus = len(self._free_gpus)
-        self._events: queue.Queue[Finished | None] = queue.Queue()
+        self._events = Events()
         self._running: dict[int, tuple[int, list[str]]] = {}  # trial id -> (worker pid, gpu ids)
         self._lock = threading.Lock()
         # Idle workers, kept between trials: a trial's start is a pipe write, not an
@@ -136,20 +128,11 @@ class LocalExecutor:
     # -- events --------------------------------------------------------------------
     def wake(self) -> None:
         """Make a waiting `wait()` return (with nothing): another stage has news."""
-        self._events.put(None)
+        self._events.wake()
 
     def wait(self, timeout: float | None = None) -> list[Finished]:
         """Block until a trial finished, `wake()` was called, or `timeout` seconds; return all finished."""
-        got: list[Finished | None] = []
-        try:
-            got.append(self._events.get(timeout=timeout))
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                got.append(self._events.get_nowait())
-            except queue.Empty:
-                return [f for f in got if f is not None]
+        return self._events.wait(timeout)
 
     def close(self) -> None:
         """Let the idle workers go (they exit on EOF)."""

@@ -32,7 +32,6 @@ import hashlib
 import io
 import json
 import os
-import queue
 import shutil
 import signal
 import socket
@@ -46,7 +45,7 @@ from typing import Any
 
 from ideaforge.errors import ExecutionError
 from ideaforge.execute.job import atomic_write_json
-from ideaforge.execute.local import Finished
+from ideaforge.execute.events import Events, Finished
 
 NAMESPACE = "ideaforge"
 LOG_FILES = ("train.out", "train.err", "eval.out", "eval.err", "worker.json")
@@ -312,7 +311,7 @@ class RayExecutor:
         self._hidden_sha: dict[tuple, str] = {}
         self._running: dict[int, _Run] = {}
         self._by_ref: dict[Any, int] = {}
-        self._events: queue.Queue[Finished | None] = queue.Queue()
+        self._events = Events()
         self._lock = threading.Condition()
         self._stopping = False
         self._closed = False
@@ -519,20 +518,11 @@ class RayExecutor:
 
     def wake(self) -> None:
         """Make a waiting `wait()` return (with nothing): another stage has news."""
-        self._events.put(None)
+        self._events.wake()
 
     def wait(self, timeout: float | None = None) -> list[Finished]:
         """Block until a trial finished, `wake()` was called, or `timeout` seconds; return all finished."""
-        got: list[Finished | None] = []
-        try:
-            got.append(self._events.get(timeout=timeout))
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                got.append(self._events.get_nowait())
-            except queue.Empty:
-                return [f for f in got if f is not None]
+        return self._events.wait(timeout)
 
     def close(self) -> None:
         """Let the idle actors go and stop watching; disconnect if this executor connected.
