@@ -16,10 +16,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ideaforge.edit.apply import apply_edits
+from ideaforge.edit.parse import parse_reply
 from ideaforge.envs.spec import EnvSpec, load_env
 from ideaforge.errors import EditRefused
-from ideaforge.implement.apply import apply_edits
-from ideaforge.implement.edits import parse_reply
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "edit_corpus"
 

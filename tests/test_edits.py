@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from ideaforge.edit.apply import apply_edits
+from ideaforge.edit.parse import FileEdit, Hunk, normalise_path, parse_reply
 from ideaforge.errors import EditRefused
-from ideaforge.implement.apply import apply_edits
-from ideaforge.implement.edits import FileEdit, Hunk, normalise_path, parse_reply
 
 _BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "apply_corpus.py"
 _spec = importlib.util.spec_from_file_location("apply_corpus", _BENCH)

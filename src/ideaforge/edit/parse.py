@@ -10,7 +10,7 @@ fences around them:
 * search/replace blocks, a file path alone on a line followed by
   ``<<<<<<< SEARCH`` / ``=======`` / ``>>>>>>> REPLACE``.
 
-Parsing knows nothing about the files; `implement.apply` matches the hunks and
+Parsing knows nothing about the files; `edit.apply` matches the hunks and
 enforces the environment's rules. A reply that cannot be parsed safely (cut off,
 malformed, a path that leaves the environment) raises EditRefused with a message
 written for the model.

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
 
+from ideaforge.edit.parse import FileEdit, Hunk, normalise_path
 from ideaforge.envs.spec import EnvSpec
 from ideaforge.errors import EditRefused
-from ideaforge.implement.edits import FileEdit, Hunk, normalise_path
 
 FUZZY_MIN = 0.9  # difflib ratio a drifted block needs (over stripped lines)
 FUZZY_MARGIN = 0.05  # how much better than the next-best separate place it must be
