@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python tests/edit_corpus/_nearest/capture.py
 
-Run once, at commit 80c3dd8 (the difflib-over-every-window matcher), to write
+Run once, at commit 80c3dd8 (the difflib-over-every-window matcher, then in edit/apply.py), to write
 cases.json: for each hunk, where `locate` placed it and how, or its refusal message
 word for word. tests/test_edits.py replays the cases against the current matcher.
 The hunks are the corpus replies' own plus seeded mutations of real windows (drifted
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import apply_speed  # noqa: E402
 
-from ideaforge.edit.apply import MatchFailure, locate  # noqa: E402
+from ideaforge.edit.match import MatchFailure, locate  # noqa: E402
 from ideaforge.edit.parse import Hunk, parse_reply  # noqa: E402
 from ideaforge.errors import EditRefused  # noqa: E402
 
