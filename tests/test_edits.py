@@ -10,6 +10,7 @@ import pytest
 
 from ideaforge.edit.apply import apply_edits
 from ideaforge.edit.parse import FileEdit, Hunk, normalise_path, parse_reply
+from ideaforge.edit.placeholder import elision, is_placeholder
 from ideaforge.errors import EditRefused
 
 _BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "apply_corpus.py"
@@ -136,3 +137,55 @@ def test_blank_line_inside_undercounted_hunk_does_not_end_it():
     reply = "--- a/m.py\n+++ b/m.py\n@@ -1,1 +1,1 @@\n a = 1\n\n-b = 2\n+b = 3\n"
     (e,) = parse_reply(reply)
     assert e.hunks[0].old_lines == ["a = 1", "", "b = 2"]
+
+
+# ---- placeholder elision -------------------------------------------------------------
+
+PLACEHOLDERS = ["# ...", "    # ... rest of the training step unchanged ...", "// ... existing code ...", "...", "    …",
+                "rest unchanged", "(unchanged)", "remaining code", "<rest of file>", "# rest of the function is unchanged",
+                "/* ... */", "<!-- ... -->", "[... existing code ...]", "# ... training loop ...", "# Rest of file unchanged.",
+                "    optimizer.step()  # ... rest unchanged", "# keep the rest as before", "# code omitted for brevity"]
+NOT_PLACEHOLDERS = ["x = f(...)", "def f(x): ...", "    pass  # ...", "# lr schedule", "x[..., :2]", "print('...')",
+                    "# compute the rest of the batch", '"""Rest of the pipeline."""', "# ... (gradient clipping removed)",
+                    "return rest", "self.rest = rest", "(a, b)", "rest = total - used", "# TODO: handle other cases",
+                    "# unchanged learning rate keeps the baseline comparable across all the runs of this campaign"]
+
+
+@pytest.mark.parametrize("line", PLACEHOLDERS)
+def test_placeholder_lines_are_recognised(line):
+    assert is_placeholder(line)
+
+
+@pytest.mark.parametrize("line", NOT_PLACEHOLDERS)
+def test_code_and_ordinary_comments_are_not_placeholders(line):
+    assert not is_placeholder(line)
+
+
+LOOP = ["for step in range(n):", "    xb, yb = get_batch()", "    loss = model(xb)", "    loss.backward()", "    opt.step()"]
+
+
+@pytest.mark.parametrize("old, new, placeholder, dropped", [
+    (LOOP, LOOP[:2] + ["    # ... rest unchanged ..."], "    # ... rest unchanged ...",
+     ["loss = model(xb)", "loss.backward()", "opt.step()"]),
+    # as many new lines as elided ones: still dropped, since nothing new resembles them
+    (LOOP, [LOOP[0], "    # ... forward/backward unchanged ...", "    clip(model)", "    log(step)", "    check()", LOOP[4]],
+     "    # ... forward/backward unchanged ...", ["xb, yb = get_batch()", "loss = model(xb)", "loss.backward()"]),
+    (["def f(x):", "    return x"], ["def f(x):", "    ..."], "    ...", ["return x"]),  # a body stubbed out
+])
+def test_elision_names_the_placeholder_and_the_lines_it_would_delete(old, new, placeholder, dropped):
+    assert elision(old, new) == (placeholder, dropped)
+    with pytest.raises(EditRefused, match="placeholder line"):
+        apply_edits({"m.py": "\n".join(old) + "\n"}, _edit(old, new))
+
+
+@pytest.mark.parametrize("old, new", [
+    (LOOP, LOOP[:2] + ["    # ... rest unchanged ..."] + LOOP[2:]),  # a comment inserted: deletes nothing
+    (["a()", "b()", "c()"], ["# ...", "a()", "c()"]),  # b() deleted on purpose, the placeholder elsewhere
+    (["lr = 3e-4"], ["lr = 1e-3", "# ... rest unchanged"]),  # the quoted line is modified, not dropped
+    (["n = 128", "d = 0.0"], ["n = 256  # ... rest unchanged", "d = 0.0"]),
+    (["class P:", "    pass"], ["class P:", "    def f(self) -> int:", "        ...", "    pass"]),
+])
+def test_placeholders_that_delete_nothing_apply(old, new):
+    assert elision(old, new) is None
+    out = apply_edits({"m.py": "\n".join(old) + "\n"}, _edit(old, new)).files["m.py"]
+    assert out == "\n".join(new) + "\n"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from ideaforge.edit.match import Located, MatchFailure, locate, rebuild
 from ideaforge.edit.parse import FileEdit, Hunk, normalise_path
+from ideaforge.edit.placeholder import elision, elision_message
 from ideaforge.envs.spec import EnvSpec
 from ideaforge.errors import EditRefused
 
@@ -120,6 +121,9 @@ def _apply_one(state: dict[str, str | None], e: FileEdit, change: FileChange, to
         # A full-content "create" of an existing file replaces it; the policy check has
         # already made sure the file is editable.
         content = e.content or ""
+        elided = elision(_split(current)[0], _split(content)[0]) if current is not None else None
+        if elided:
+            raise EditRefused(f"{e.path} (the whole file): " + elision_message(*elided, "file"))
         state[e.path] = content
         change.action = change.action or ("replaced" if current is not None else "created")
         change.added += len(_split(content)[0])
@@ -152,6 +156,10 @@ def _apply_hunks(e: FileEdit, text: str, hunks: list[Hunk], change: FileChange, 
                 f"{label}: nothing to search for (an empty SEARCH or a hunk without context or '-' lines) "
                 f"but {e.path} exists. Quote 2-3 existing lines next to where the new lines go."
             )
+            continue
+        elided = elision(h.old_lines, h.new_lines)
+        if elided:
+            failures.append(f"{label}: " + elision_message(*elided, e.source))
             continue
         hint = h.old_start_hint - 1 + offset if h.old_start_hint else None
         try:
