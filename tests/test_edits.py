@@ -189,3 +189,44 @@ def test_placeholders_that_delete_nothing_apply(old, new):
     assert elision(old, new) is None
     out = apply_edits({"m.py": "\n".join(old) + "\n"}, _edit(old, new)).files["m.py"]
     assert out == "\n".join(new) + "\n"
+
+
+# ---- several hunks in one file -------------------------------------------------------
+
+SETTINGS = "n = 128\nd = 0.0\nlr = 3e-4\nwd = 0.1\n"
+
+
+def _blocks(*pairs):
+    return [FileEdit("m.py", "modify", [Hunk(list(o), list(n))], source="search_replace") for o, n in pairs]
+
+
+def test_later_block_may_quote_a_line_an_earlier_block_changed():
+    edits = _blocks((["n = 128", "d = 0.0"], ["n = 128", "d = 0.1"]), (["d = 0.0", "lr = 3e-4"], ["d = 0.0", "lr = 1e-3"]))
+    assert apply_edits({"m.py": SETTINGS}, edits).files["m.py"] == "n = 128\nd = 0.1\nlr = 1e-3\nwd = 0.1\n"
+
+
+def test_a_block_written_against_the_edited_text_applies_when_changes_do_not_overlap():
+    edits = _blocks((["d = 0.0"], ["d = 0.1"]), (["d = 0.1", "lr = 3e-4"], ["d = 0.1", "lr = 1e-3"]))
+    assert apply_edits({"m.py": SETTINGS}, edits).files["m.py"] == "n = 128\nd = 0.1\nlr = 1e-3\nwd = 0.1\n"
+
+
+def test_blocks_changing_the_same_line_are_refused_with_the_models_line_numbers():
+    edits = _blocks((["n = 128"], ["x = 1", "y = 2", "n = 128"]), (["d = 0.0", "lr = 3e-4"], ["d = 0.5", "lr = 3e-4"]),
+                    (["d = 0.0"], ["d = 0.2"]))
+    with pytest.raises(EditRefused) as e:
+        apply_edits({"m.py": SETTINGS}, edits)
+    assert "m.py, block 3 of 3: it overlaps lines an earlier hunk of this edit already changed (lines 2-2)" in str(e.value)
+
+
+def test_insertions_at_one_place_keep_reply_order_and_precede_a_replaced_line():
+    edits = _blocks((["n = 128", "d = 0.0"], ["n = 128", "a = 1", "d = 0.0"]), (["d = 0.0"], ["d = 9"]),
+                    (["n = 128", "d = 0.0"], ["n = 128", "b = 2", "d = 0.0"]))
+    assert apply_edits({"m.py": SETTINGS}, edits).files["m.py"] == "n = 128\na = 1\nb = 2\nd = 9\nlr = 3e-4\nwd = 0.1\n"
+
+
+def test_diff_hints_are_the_original_line_numbers():
+    text = "x = 1\n" * 3 + "y = 2\n" + "x = 1\n" * 3
+    edits = [FileEdit("m.py", "modify", [Hunk([], [], None)])]
+    edits[0].hunks = [Hunk(["y = 2"], ["y = 2", "z = 3", "z = 4"], 4), Hunk(["x = 1"], ["x = 0"], 6)]
+    out = apply_edits({"m.py": text}, edits).files["m.py"]
+    assert out.splitlines() == ["x = 1"] * 3 + ["y = 2", "z = 3", "z = 4", "x = 1", "x = 0", "x = 1"]

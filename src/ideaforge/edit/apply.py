@@ -14,7 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ideaforge.edit.match import Located, MatchFailure, locate, rebuild
+from ideaforge.edit.compose import FileText, split_lines
+from ideaforge.edit.match import MatchFailure
 from ideaforge.edit.parse import FileEdit, Hunk, normalise_path
 from ideaforge.edit.placeholder import elision, elision_message
 from ideaforge.envs.spec import EnvSpec
@@ -51,7 +52,9 @@ def apply_edits(files: dict[str, str], edits: list[FileEdit], spec: EnvSpec | No
     """Apply `edits` in order to `files`; EditRefused (for the model to read) if any part fails.
 
     All or nothing: on refusal no partial result is returned. Every failing hunk is
-    reported, not just the first, so one repair round can fix them all.
+    reported, not just the first, so one repair round can fix them all. The hunks of
+    one file, across all the reply's edits of it, are matched against the file as the
+    model saw it (see `edit.compose`) and numbered together in messages.
     """
     if not edits:
         raise EditRefused("no edit found in the reply; nothing was changed")
@@ -60,18 +63,36 @@ def apply_edits(files: dict[str, str], edits: list[FileEdit], spec: EnvSpec | No
     if spec is not None:
         _check_policy(edits, spec)
     state: dict[str, str | None] = dict(files)
+    texts: dict[str, FileText] = {}  # files with hunks applied, rendered into `state` at the end
     changes: dict[str, FileChange] = {}
-    touched: dict[str, list[tuple[int, int]]] = {}  # per file, across all its edits
+    numbers = _Numbers(edits)
     problems: list[str] = []
     for e in edits:
         change = changes.setdefault(e.path, FileChange(e.path, ""))
         try:
-            _apply_one(state, e, change, touched.setdefault(e.path, []))
+            _apply_one(state, texts, e, change, numbers)
         except EditRefused as err:
             problems.append(str(err))
     if problems:
         raise EditRefused("the edit was not applied; nothing was changed.\n\n" + "\n\n".join(problems))
+    for path, t in texts.items():
+        state[path] = t.render()
     return ApplyResult(state, changes)
+
+
+class _Numbers:
+    """Hunk labels numbered per file across the whole reply: "train.py, block 2 of 3"."""
+
+    def __init__(self, edits: list[FileEdit]):
+        self.total: dict[str, int] = {}
+        self.seen: dict[str, int] = {}
+        for e in edits:
+            self.total[e.path] = self.total.get(e.path, 0) + len(e.hunks or [])
+
+    def next(self, e: FileEdit) -> str:
+        self.seen[e.path] = self.seen.get(e.path, 0) + 1
+        word = "block" if e.source == "search_replace" else "hunk"
+        return f"{e.path}, {word} {self.seen[e.path]} of {self.total[e.path]}"
 
 
 def _check_policy(edits: list[FileEdit], spec: EnvSpec) -> None:
@@ -109,24 +130,26 @@ def _new_file_dirs(spec: EnvSpec) -> list[str]:
     return out
 
 
-def _apply_one(state: dict[str, str | None], e: FileEdit, change: FileChange, touched: list[tuple[int, int]]) -> None:
-    current = state.get(e.path)
+def _apply_one(state: dict[str, str | None], texts: dict[str, FileText], e: FileEdit, change: FileChange, numbers: _Numbers) -> None:
+    if e.kind != "modify" and e.path in texts:
+        state[e.path] = texts.pop(e.path).render()  # hunks before a delete or a full rewrite are settled first
+    current = texts[e.path].render() if e.path in texts else state.get(e.path)
     if e.kind == "delete":
         if current is None:
             raise EditRefused(f"{e.path}: cannot delete it, the file does not exist; files that exist: {_existing(state)}")
         state[e.path] = None
-        change.action, change.removed = "deleted", change.removed + len(_split(current)[0])
+        change.action, change.removed = "deleted", change.removed + len(split_lines(current)[0])
         return
     if e.kind == "create":
         # A full-content "create" of an existing file replaces it; the policy check has
         # already made sure the file is editable.
         content = e.content or ""
-        elided = elision(_split(current)[0], _split(content)[0]) if current is not None else None
+        elided = elision(split_lines(current)[0], split_lines(content)[0]) if current is not None else None
         if elided:
             raise EditRefused(f"{e.path} (the whole file): " + elision_message(*elided, "file"))
         state[e.path] = content
         change.action = change.action or ("replaced" if current is not None else "created")
-        change.added += len(_split(content)[0])
+        change.added += len(split_lines(content)[0])
         return
     hunks = e.hunks or []
     if current is None:
@@ -136,21 +159,20 @@ def _apply_one(state: dict[str, str | None], e: FileEdit, change: FileChange, to
                 "To create a file use an empty SEARCH section or a diff from /dev/null."
             )
         # an empty SEARCH on a missing file creates it; later blocks edit the new text
+        numbers.next(e)
         current = "\n".join(hunks[0].new_lines) + "\n" if hunks[0].new_lines else ""
         change.action = change.action or "created"
         change.added += len(hunks[0].new_lines)
         hunks = hunks[1:]
-    state[e.path] = _apply_hunks(e, current, hunks, change, touched)
+    text = texts.setdefault(e.path, FileText.of(current))
+    _apply_hunks(e, text, hunks, change, numbers)
     change.action = change.action or "modified"
 
 
-def _apply_hunks(e: FileEdit, text: str, hunks: list[Hunk], change: FileChange, touched: list[tuple[int, int]]) -> str:
-    """`touched` holds the regions earlier hunks changed, in current line numbers; updated in place."""
-    lines, eol, final_nl = _split(text)
-    offset = 0  # how far earlier hunks moved the lines below them (diff hints are pre-edit)
+def _apply_hunks(e: FileEdit, text: FileText, hunks: list[Hunk], change: FileChange, numbers: _Numbers) -> None:
     failures = []
-    for n, h in enumerate(hunks, 1):
-        label = f"{e.path}, {'block' if e.source == 'search_replace' else 'hunk'} {n} of {len(hunks)}"
+    for h in hunks:
+        label = numbers.next(e)
         if not h.old_lines:
             failures.append(
                 f"{label}: nothing to search for (an empty SEARCH or a hunk without context or '-' lines) "
@@ -161,48 +183,18 @@ def _apply_hunks(e: FileEdit, text: str, hunks: list[Hunk], change: FileChange, 
         if elided:
             failures.append(f"{label}: " + elision_message(*elided, e.source))
             continue
-        hint = h.old_start_hint - 1 + offset if h.old_start_hint else None
         try:
-            loc = locate(lines, h, hint)
-            _check_overlap(loc, touched, label)
-            new_block, core, added, removed = rebuild(lines[loc.start : loc.end], h, loc)
+            method, added, removed = text.place(h)
         except MatchFailure as f:
-            n_new = len(h.new_lines)
+            lines, n_new = text.lines()[0], len(h.new_lines)
             done = n_new and any(lines[i : i + n_new] == h.new_lines for i in range(len(lines) - n_new + 1))
             failures.append(f"{label}: {f}" + ("\n(Its new lines are already in the file: was this change sent twice?)" if done else ""))
             continue
-        delta = len(new_block) - (loc.end - loc.start)
-        lines[loc.start : loc.end] = new_block
-        touched[:] = [(a + delta, b + delta) if a >= loc.end else (a, b) for a, b in touched]
-        touched.append((loc.start + core[0], loc.start + core[1]))
-        offset += delta
-        change.methods.append(loc.method)
+        change.methods.append(method)
         change.added += added
         change.removed += removed
     if failures:
         raise EditRefused("\n\n".join(failures))
-    return eol.join(lines) + (eol if final_nl and lines else "")
-
-
-def _check_overlap(loc: Located, touched: list[tuple[int, int]], label: str) -> None:
-    for a, b in touched:
-        inside = (loc.start < a < loc.end) if a == b else max(a, loc.start) < min(b, loc.end)
-        if inside:
-            raise MatchFailure(
-                f"it overlaps lines an earlier hunk of this edit already changed (lines {a + 1}-{max(a, b)}); "
-                "hunks must touch separate parts of the file. Merge the two changes into one hunk."
-            )
-
-
-def _split(text: str) -> tuple[list[str], str, bool]:
-    """Lines without terminators, the file's line ending, and whether it ends with one."""
-    eol = "\r\n" if "\r\n" in text else "\n"
-    body = text.replace("\r\n", "\n")
-    final_nl = body.endswith("\n")
-    lines = body.split("\n")
-    if final_nl:
-        lines.pop()
-    return (lines if body else []), eol, final_nl or not body
 
 
 def _existing(state: dict[str, str | None]) -> str:

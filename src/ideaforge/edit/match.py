@@ -137,18 +137,23 @@ def _align(old: list[str], got: list[str], loc: Located) -> dict[int, int]:
     return out
 
 
-def rebuild(got: list[str], h: Hunk, loc: Located) -> tuple[list[str], tuple[int, int], int, int]:
-    """The replacement for the matched lines `got`: (lines, changed span in them, added, removed).
+Span = tuple[int, int, list[str]]  # lines [start, end) of the matched block become these lines
+
+
+def rebuild(got: list[str], h: Hunk, loc: Located) -> tuple[list[str], list[Span], int, int]:
+    """The replacement for the matched lines `got`: (lines, the changed spans of `got`, added, removed).
 
     Unchanged lines come from the file, not the hunk, so drifted context and the file's
-    own whitespace survive; only the hunk's '+' lines are new.
+    own whitespace survive; only the hunk's '+' lines are new. Spans are in `got`'s
+    line numbers, in order; a span (k, k, lines) inserts before line k.
     """
     old, new = h.old_lines, h.new_lines
     omap = _align(old, got, loc)
     if loc.reindent is None and loc.method.startswith("fuzzy"):
         loc.reindent = _indent_delta([(got[g], old[i]) for i, g in omap.items() if got[g].strip() == old[i].strip()])
     out: list[str] = []
-    gi, core, added, removed = 0, [None, None], 0, 0
+    spans: list[Span] = []
+    gi, added, removed = 0, 0, 0
     for tag, i1, i2, j1, j2 in SequenceMatcher(None, old, new, autojunk=False).get_opcodes():
         if tag == "equal":
             for i in range(i1, i2):
@@ -156,6 +161,7 @@ def rebuild(got: list[str], h: Hunk, loc: Located) -> tuple[list[str], tuple[int
                     out += got[gi : omap[i] + 1]
                     gi = omap[i] + 1
             continue
+        first = None  # (line of got, length of out) where this change starts
         for i in range(i1, i2):
             g = omap.get(i)
             if g is None or g < gi or got[g].strip() != old[i].strip():
@@ -164,14 +170,15 @@ def rebuild(got: list[str], h: Hunk, loc: Located) -> tuple[list[str], tuple[int
                     f"lines {loc.start + 1}-{loc.end} resemble the block ({loc.method}) but a line it removes differs: "
                     f"expected {old[i].strip()!r}, {found}. Quote the lines to remove exactly as they are now."
                 )
-            out += got[gi:g]
+            out += got[gi:g]  # drifted file lines the hunk does not quote: kept
+            first = first or (g, len(out))
             gi = g + 1
-        core[0] = len(out) if core[0] is None else core[0]
+        first = first or (gi, len(out))
         out += [_reindent(x, loc) for x in new[j1:j2]]
-        core[1] = len(out)
+        spans.append((first[0], gi if i2 > i1 else first[0], out[first[1] :]))
         added, removed = added + j2 - j1, removed + i2 - i1
     out += got[gi:]
-    return out, (core[0] or 0, core[1] or 0), added, removed
+    return out, spans, added, removed
 
 
 def _indent_delta(pairs: list[tuple[str, str]]) -> tuple[int, int, bool] | None:
