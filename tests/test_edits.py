@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
 from ideaforge.edit.apply import apply_edits
+from ideaforge.edit.match import MatchFailure, locate
 from ideaforge.edit.parse import FileEdit, Hunk, normalise_path, parse_reply
 from ideaforge.edit.placeholder import elision, is_placeholder
 from ideaforge.errors import EditRefused
@@ -230,3 +233,51 @@ def test_diff_hints_are_the_original_line_numbers():
     edits[0].hunks = [Hunk(["y = 2"], ["y = 2", "z = 3", "z = 4"], 4), Hunk(["x = 1"], ["x = 0"], 6)]
     out = apply_edits({"m.py": text}, edits).files["m.py"]
     assert out.splitlines() == ["x = 1"] * 3 + ["y = 2", "z = 3", "z = 4", "x = 1", "x = 0", "x = 1"]
+
+
+# ---- the fast matcher answers exactly as the difflib-over-every-window one did ------------
+
+_NEAREST = json.loads((corpus.CORPUS / "_nearest" / "cases.json").read_text())
+_SPEED = importlib.util.spec_from_file_location("apply_speed", _BENCH.parent / "apply_speed.py")
+speed = importlib.util.module_from_spec(_SPEED)
+_SPEED.loader.exec_module(speed)
+
+
+def _nearest_texts() -> dict[str, list[str]]:
+    synthetic = speed.synthetic_source(2000)
+    assert hashlib.sha256(synthetic.encode()).hexdigest() == _NEAREST["synthetic_sha256"], "the benchmark's file changed"
+    return {k: v.splitlines() for k, v in {**_NEAREST["files"], "synthetic": synthetic}.items()}
+
+
+def test_matcher_answers_are_unchanged():
+    """225 hunks (corpus hunks and seeded drifts, misses and ties) recorded from the original matcher
+    (tests/edit_corpus/_nearest/capture.py): same placement, method and refusal text, word for word."""
+    texts = _nearest_texts()
+    wrong = []
+    for n, c in enumerate(_NEAREST["cases"]):
+        try:
+            loc = locate(texts[c["file"]], Hunk(c["old"], c["new"], c["hint"]), c["hint"])
+            got = {"start": loc.start, "end": loc.end, "method": loc.method,
+                   "reindent": list(loc.reindent) if loc.reindent else None}
+        except MatchFailure as f:
+            got = {"refused": str(f)}
+        if got != c["want"]:
+            wrong.append(f"case {n} ({c['kind']}): {got} != {c['want']}")
+    assert not wrong, "\n".join(wrong[:5])
+
+
+def test_matcher_without_rapidfuzz_gives_the_same_answers(monkeypatch):
+    """A bare install (no rapidfuzz) bounds windows by length only: slower, same answers."""
+    import ideaforge.edit.windows as windows
+    monkeypatch.setattr(windows, "_rapidfuzz", lambda: (None, None))
+    texts = _nearest_texts()
+    small = [c for c in _NEAREST["cases"] if c["file"] in ("env_train", "env_layers")][::6]
+    assert len(small) >= 10
+    for c in small:
+        try:
+            loc = locate(texts[c["file"]], Hunk(c["old"], c["new"], c["hint"]), c["hint"])
+            got = {"start": loc.start, "end": loc.end, "method": loc.method,
+                   "reindent": list(loc.reindent) if loc.reindent else None}
+        except MatchFailure as f:
+            got = {"refused": str(f)}
+        assert got == c["want"], c["kind"]

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from difflib import SequenceMatcher
 
 from ideaforge.edit.parse import Hunk
+from ideaforge.edit.windows import WindowRanker
 
 FUZZY_MIN = 0.9  # difflib ratio a drifted block needs (over stripped lines)
 FUZZY_MARGIN = 0.05  # how much better than the next-best separate place it must be
-_FUZZY_SIZES = (0, -1, 1, -2, 2)  # window sizes tried around the block's length: a line or two drifted in or out
 
 
 class MatchFailure(Exception):
@@ -71,41 +71,35 @@ def _fuzzy(lines: list[str], old: list[str], removed: set[str]) -> Located:
     Score = the share of the block's characters (lines stripped) found in order in a
     window of the file, windows a line or two shorter or longer than the block. Only
     windows holding every line the hunk removes may be chosen; the rest are only
-    reported as the nearest match.
+    reported as the nearest match. `WindowRanker` finds the best windows without
+    scoring them all.
     """
     stripped = [x.strip() for x in lines]
-    target = "\n".join(x.strip() for x in old)
-    sm = SequenceMatcher(None, autojunk=False)
-    sm.set_seq2(target)
-    scored: list[tuple[float, int, int]] = []  # (score, start, end)
-    for k in _FUZZY_SIZES:
-        size = len(old) + k
-        for i in range(0, len(lines) - size + 1 if size > 0 else 0):
-            window = "\n".join(stripped[i : i + size])
-            sm.set_seq1(window)
-            if sm.quick_ratio() * (len(target) + len(window)) < len(target):  # upper bound on score < 0.5
-                continue
-            found = sum(b.size for b in sm.get_matching_blocks())
-            scored.append((round(found / max(1, len(target)), 3), i, i + size))
-    if not scored:
+    ranker = WindowRanker(stripped, [x.strip() for x in old])
+    nearest = ranker.top()
+    if nearest is None:
         raise MatchFailure(f"could not find the lines to replace; nothing in the file resembles them. Searched for:\n{_quote(old)}\n{_ADVICE}")
-    # best first; among equals prefer the window closest to the block's own length
-    scored.sort(key=lambda r: (-r[0], abs(r[2] - r[1] - len(old)), r[1]))
-    valid = [r for r in scored if removed <= set(stripped[r[1] : r[2]])]
-    best, start, end = valid[0] if valid and valid[0][0] >= FUZZY_MIN else scored[0]
+
+    def holds_removed(start: int, end: int) -> bool:
+        return removed <= set(stripped[start:end])
+
+    # a window holding every removed line is chosen if it scores FUZZY_MIN; else the nearest is only shown
+    valid = ranker.top(holds_removed, floor=FUZZY_MIN) if nearest[0] >= FUZZY_MIN else None
+    best, start, end = valid or nearest
     near = f"lines {start + 1}-{end} (similarity {best:.2f})"
     if best < FUZZY_MIN:
         raise MatchFailure(
             f"could not find the lines to replace. Searched for:\n{_quote(old)}\n"
             f"The nearest match is {near}:\n{_quote(lines[start:end])}\n{_ADVICE}"
         )
-    if not valid or valid[0][1:] != (start, end):
+    if not valid:
         missing = sorted(removed - set(stripped[start:end]))
         raise MatchFailure(
             f"the nearest match, {near}, lacks a line the hunk removes: {missing[0]!r}. The file has there:\n"
             f"{_quote(lines[start:end])}\nQuote the lines to remove exactly as they are now."
         )
-    rival = next((r for r in valid if r[2] <= start or r[1] >= end), None)
+    # the best separate place holding the removed lines; only one within FUZZY_MARGIN matters
+    rival = ranker.top(lambda s, e: (e <= start or s >= end) and holds_removed(s, e), floor=best - FUZZY_MARGIN)
     if rival and best - rival[0] < FUZZY_MARGIN:
         raise MatchFailure(
             f"the lines to replace match no place exactly and two places about equally well: {near} and "
