@@ -1,13 +1,14 @@
 """CPU time of applying one search/replace block to a 2,000-line file: a miss and hits.
 
-    python benchmarks/apply_speed.py [--lines 2000] [--repeat 7]
+    python benchmarks/apply_speed.py [--lines 2000] [--repeat 7] [--no-reference]
 
 A miss is the costly case: no exact or whitespace match, so the fuzzy matcher looks
 for the nearest place to report. The file is generated (seeded) Python that reads
 like training code, so that character statistics are realistic; the missing block
 is four lines of a real training loop that the file does not contain. Times are
 CPU seconds (time.process_time), the median of --repeat runs, so a busy machine
-changes them little.
+changes them little. The reference line times, side by side, the matcher this one
+replaced: difflib run on every window (what a miss cost before edit/windows.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import random
 import statistics
 import sys
 import time
+
+from difflib import SequenceMatcher
 
 from ideaforge.edit.apply import apply_edits
 from ideaforge.edit.parse import FileEdit, Hunk
@@ -83,6 +86,25 @@ def _apply(files: dict[str, str], old: list[str], new: list[str]) -> str:
         return str(e)
 
 
+def score_every_window(lines: list[str], old: list[str]) -> tuple[float, int, int]:
+    """The replaced matcher's search: difflib on every window (sizes as edit.windows.SIZES); the best one."""
+    stripped = [x.strip() for x in lines]
+    target = "\n".join(x.strip() for x in old)
+    sm = SequenceMatcher(None, autojunk=False)
+    sm.set_seq2(target)
+    scored = []
+    for k in (0, -1, 1, -2, 2):
+        size = len(old) + k
+        for i in range(0, len(lines) - size + 1 if size > 0 else 0):
+            window = "\n".join(stripped[i : i + size])
+            sm.set_seq1(window)
+            if sm.quick_ratio() * (len(target) + len(window)) < len(target):
+                continue
+            found = sum(b.size for b in sm.get_matching_blocks())
+            scored.append((round(found / max(1, len(target)), 3), i, i + size))
+    return min(scored, key=lambda r: (-r[0], abs(r[2] - r[1] - len(old)), r[1]))
+
+
 def cases(n_lines: int) -> dict[str, tuple[list[str], list[str]]]:
     """name -> (SEARCH lines, REPLACE lines) against synthetic_source(n_lines)."""
     lines = synthetic_source(n_lines).splitlines()
@@ -102,6 +124,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--lines", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--no-reference", action="store_true", help="skip timing the replaced every-window matcher")
     args = ap.parse_args(argv)
     files = {"big.py": synthetic_source(args.lines)}
     print(f"file: {args.lines} lines, {len(files['big.py'])} characters; CPU seconds, median of {args.repeat}")
@@ -110,6 +133,13 @@ def main(argv: list[str]) -> int:
         t = cpu_time(lambda: _apply(files, old, new), args.repeat)
         said = next((ln for ln in outcome.splitlines() if "match" in ln), outcome.splitlines()[0])
         print(f"{name:10s} {t * 1000:9.1f} ms   {said[:100]}")
+    if not args.no_reference:
+        lines = files["big.py"].splitlines()
+        old = cases(args.lines)["miss"][0]
+        best = score_every_window(lines, old)
+        t = cpu_time(lambda: score_every_window(lines, old), max(1, min(3, args.repeat)))
+        print(f"{'reference':10s} {t * 1000:9.1f} ms   a miss scored on every window (the replaced matcher): "
+              f"lines {best[1] + 1}-{best[2]}, similarity {best[0]:.2f}")
     return 0
 
 

@@ -281,3 +281,11 @@ def test_matcher_without_rapidfuzz_gives_the_same_answers(monkeypatch):
         except MatchFailure as f:
             got = {"refused": str(f)}
         assert got == c["want"], c["kind"]
+
+
+def test_a_miss_on_a_2000_line_file_costs_little_cpu():
+    """The replaced matcher spent ~1.7 s of CPU here; the bound is loose so that a loaded machine passes."""
+    files = {"big.py": speed.synthetic_source(2000)}
+    old, new = speed.cases(2000)["miss"]
+    assert "nearest match is lines" in speed._apply(files, old, new)
+    assert speed.cpu_time(lambda: speed._apply(files, old, new), 3) < 0.4
