@@ -289,3 +289,15 @@ def test_a_miss_on_a_2000_line_file_costs_little_cpu():
     old, new = speed.cases(2000)["miss"]
     assert "nearest match is lines" in speed._apply(files, old, new)
     assert speed.cpu_time(lambda: speed._apply(files, old, new), 3) < 0.4
+
+
+def test_a_sequential_block_may_insert_next_to_what_an_earlier_block_wrote():
+    edits = _blocks((["d = 0.0"], ["d = 0.0", "e = 1"]), (["e = 1", "lr = 3e-4"], ["e = 1", "f = 2", "lr = 3e-4"]))
+    out = apply_edits({"m.py": SETTINGS}, edits).files["m.py"]
+    assert out == "n = 128\nd = 0.0\ne = 1\nf = 2\nlr = 3e-4\nwd = 0.1\n"
+
+
+def test_insertion_after_a_context_line_the_file_lacks_is_refused_not_guessed():
+    # 'e = 1' is nowhere in the file; the fuzzy window (lines 1-3) would put 'f = 2' at the top
+    with pytest.raises(EditRefused, match="'e = 1', is not in the file there, so where they go is unclear"):
+        apply_edits({"m.py": SETTINGS}, _edit(["e = 1", "lr = 3e-4"], ["e = 1", "f = 2", "lr = 3e-4"]))

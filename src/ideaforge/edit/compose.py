@@ -75,6 +75,13 @@ class FileText:
             if not self.changed:
                 raise
             return self._place_in_edited(h, first)
+        if loc.method.startswith("fuzzy") and self.changed:
+            # only a drifted match in the original: a block that quotes an earlier block's
+            # new lines exactly belongs there
+            try:
+                return self._place_in_edited(h, MatchFailure(""), exact_only=True)
+            except MatchFailure:
+                pass
         spans = [(loc.start + a, loc.start + b, new) for a, b, new in spans]
         for a, b, _ in spans:
             self._check_overlap(a, b)
@@ -104,11 +111,13 @@ class FileText:
                     "hunks must touch separate parts of the file. Merge the two changes into one hunk."
                 )
 
-    def _place_in_edited(self, h: Hunk, first: MatchFailure) -> tuple[str, int, int]:
+    def _place_in_edited(self, h: Hunk, first: MatchFailure, exact_only: bool = False) -> tuple[str, int, int]:
         """The hunk matched against the text as edited so far; `first` (the original's answer) if it fails there."""
         cur, origin = self.lines()
         try:
             loc = locate(cur, h, None)
+            if exact_only and loc.method.startswith("fuzzy"):
+                raise first
             _, spans, added, removed = rebuild(cur[loc.start : loc.end], h, loc)
         except MatchFailure:
             raise first from None

@@ -167,6 +167,14 @@ def rebuild(got: list[str], h: Hunk, loc: Located) -> tuple[list[str], list[Span
             out += got[gi:g]  # drifted file lines the hunk does not quote: kept
             first = first or (g, len(out))
             gi = g + 1
+        ahead = min((g for g in omap.values() if g >= gi), default=len(got))  # next file line the block pins
+        if first is None and i1 > 0 and i1 - 1 not in omap and gi < ahead:
+            # the new lines follow a context line that matched no file line, and unmatched file
+            # lines lie ahead: where among them the insertion belongs is a guess, so refuse
+            raise MatchFailure(
+                f"lines {loc.start + 1}-{loc.end} resemble the block ({loc.method}) but the line before the new lines, "
+                f"{old[i1 - 1].strip()!r}, is not in the file there, so where they go is unclear. Quote that line exactly as it is now."
+            )
         first = first or (gi, len(out))
         out += [_reindent(x, loc) for x in new[j1:j2]]
         spans.append((first[0], gi if i2 > i1 else first[0], out[first[1] :]))
