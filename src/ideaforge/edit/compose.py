@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ideaforge.edit.match import MatchFailure, Span, locate, rebuild
+from ideaforge.edit.match import MatchFailure, locate, rebuild
 from ideaforge.edit.parse import Hunk
 
 
