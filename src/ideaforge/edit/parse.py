@@ -39,6 +39,7 @@ _PATH_TOKEN = re.compile(rf"(?<![\w./-])((?:[\w.-]+/)*[\w-][\w.-]*\.(?:{_CODE_EX
 # a markdown bullet of prose ("- Raises dropout ...", "- `grad_clip` stays"), never a diff line of code
 _BULLET = re.compile(r"^[-+*] (?:\*\*|`|[A-Z][a-z]+\b|\d+[.)] )")
 _GIT = re.compile(r"^diff --git (\S+) (\S+)\s*$")
+_TIMESTAMP = re.compile(r"\s+\d{4}-\d\d-\d\d[ T][\d:.]+(?:\s*[+-]\d{4})?$")  # after a ---/+++ path
 _FORMAT_HELP = (
     "write each change as a unified diff (--- a/path, +++ b/path, @@ hunks) or as a "
     "search/replace block: the file path alone on a line, then <<<<<<< SEARCH, the exact "
@@ -135,7 +136,7 @@ def _prose_path(line: str) -> str | None:
 def _diff_path(raw: str, prefix: str) -> str | None:
     """The path on a ---/+++ line (None for /dev/null), without a trailing timestamp."""
     raw = raw.split("\t")[0].strip()
-    raw = re.sub(r"\s+\d{4}-\d\d-\d\d[ T][\d:.]+(?:\s*[+-]\d{4})?$", "", raw)
+    raw = _TIMESTAMP.sub("", raw)
     if raw in ("/dev/null", "dev/null", "a/dev/null", "b/dev/null", "null"):
         return None
     return normalise_path(raw, prefix)
@@ -183,7 +184,7 @@ class _Parser:
             return False
         if hunk_header(self._peek(2)) or all(not x.strip() or _FENCE.match(x) for x in self.lines[self.i + 2 :]):
             return True
-        sides = [re.sub(r"\s+\d{4}-\d\d-\d\d[ T][\d:.]+(?:\s*[+-]\d{4})?$", "", x[4:].split("\t")[0].strip()) for x in self.lines[self.i : self.i + 2]]
+        sides = [_TIMESTAMP.sub("", x[4:].split("\t")[0].strip()) for x in self.lines[self.i : self.i + 2]]
         return not any(re.search(r"\s", x) for x in sides)
 
     def _headerless_hunks(self, line: str) -> None:
@@ -201,7 +202,7 @@ class _Parser:
         self.edits.append(FileEdit(normalise_path(path), "modify", self._hunks(), line=start + 1))
 
     def _line_above(self, start: int) -> str | None:
-        """The nearest non-blank line above `start` outside the current fence's opening line."""
+        """The nearest non-blank line above `start`, skipping fences that name no file."""
         j = start - 1
         while j >= 0 and (not self.lines[j].strip() or (_FENCE.match(self.lines[j]) and not _fence_path(self.lines[j]))):
             j -= 1
