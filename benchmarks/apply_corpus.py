@@ -4,7 +4,8 @@
 
 A case is a directory with reply.txt (a model reply, bytes as sent), expected.json
 ({"outcome": "applied"|"refused", "reason_contains": ..., "files": {path: file under
-after/ or null for deleted}}) and after/. Files an applied case does not list must
+after/ or null for deleted}, optionally "class": the kind of reply it stands for}) and
+after/. Files an applied case does not list must
 come out unchanged. Exits 1 if any case was mis-applied: a wrong edit is the one
 failure that must never happen; a wrong refusal only costs a repair round.
 """
@@ -16,10 +17,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ideaforge.edit.apply import apply_edits
+from ideaforge.edit.parse import parse_reply
 from ideaforge.envs.spec import EnvSpec, load_env
 from ideaforge.errors import EditRefused
-from ideaforge.implement.apply import apply_edits
-from ideaforge.implement.edits import parse_reply
 
 CORPUS = Path(__file__).resolve().parent.parent / "tests" / "edit_corpus"
 
@@ -30,6 +31,7 @@ class CaseResult:
     expected: str  # "applied" or "refused"
     verdict: str  # "ok", "mis-applied", "wrongly-refused", "wrong-reason"
     detail: str = ""
+    kind: str = ""  # expected.json's "class", or one made from the case name
 
 
 def baseline_files(spec: EnvSpec) -> dict[str, str]:
@@ -42,6 +44,13 @@ def case_dirs(corpus: Path = CORPUS) -> list[Path]:
 
 
 def run_case(case: Path, spec: EnvSpec, files: dict[str, str]) -> CaseResult:
+    r = _run_case(case, spec, files)
+    exp = json.loads((case / "expected.json").read_text())
+    r.kind = exp.get("class") or ("refusal" if case.name.startswith("refuse_") else case.name.split("_")[0] + " (other)")
+    return r
+
+
+def _run_case(case: Path, spec: EnvSpec, files: dict[str, str]) -> CaseResult:
     exp = json.loads((case / "expected.json").read_text())
     reply = (case / "reply.txt").read_bytes().decode()
     try:
@@ -85,6 +94,10 @@ def main(argv: list[str]) -> int:
     print(f"mis-applied:          {len(mis)}")
     print(f"wrongly refused:      {len(wrong_refused)}")
     print(f"refused, wrong reason: {len(wrong_reason)}")
+    print("\nby class:                                   cases  ok  mis-applied")
+    for kind in sorted({r.kind for r in results}):
+        rs = [r for r in results if r.kind == kind]
+        print(f"  {kind:42s} {len(rs):3d} {sum(r.verdict == 'ok' for r in rs):3d} {sum(r.verdict == 'mis-applied' for r in rs):6d}")
     for r in mis + wrong_refused + wrong_reason:
         print(f"\n[{r.verdict}] {r.name}")
         if "-v" in argv or r.verdict == "mis-applied":

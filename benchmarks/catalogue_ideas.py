@@ -28,10 +28,10 @@ import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from ideaforge.edit.apply import apply_edits
+from ideaforge.edit.parse import parse_reply
 from ideaforge.envs import load_env
 from ideaforge.errors import EditRefused
-from ideaforge.implement.apply import apply_edits
-from ideaforge.implement.edits import parse_reply
 
 BASELINE = "baseline"
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
 import pytest
 
+from ideaforge.edit.apply import apply_edits
+from ideaforge.edit.match import MatchFailure, locate
+from ideaforge.edit.parse import FileEdit, Hunk, normalise_path, parse_reply
+from ideaforge.edit.placeholder import elision, is_placeholder
 from ideaforge.errors import EditRefused
-from ideaforge.implement.apply import apply_edits
-from ideaforge.implement.edits import FileEdit, Hunk, normalise_path, parse_reply
 
 _BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "apply_corpus.py"
 _spec = importlib.util.spec_from_file_location("apply_corpus", _BENCH)
@@ -136,3 +140,164 @@ def test_blank_line_inside_undercounted_hunk_does_not_end_it():
     reply = "--- a/m.py\n+++ b/m.py\n@@ -1,1 +1,1 @@\n a = 1\n\n-b = 2\n+b = 3\n"
     (e,) = parse_reply(reply)
     assert e.hunks[0].old_lines == ["a = 1", "", "b = 2"]
+
+
+# ---- placeholder elision -------------------------------------------------------------
+
+PLACEHOLDERS = ["# ...", "    # ... rest of the training step unchanged ...", "// ... existing code ...", "...", "    …",
+                "rest unchanged", "(unchanged)", "remaining code", "<rest of file>", "# rest of the function is unchanged",
+                "/* ... */", "<!-- ... -->", "[... existing code ...]", "# ... training loop ...", "# Rest of file unchanged.",
+                "    optimizer.step()  # ... rest unchanged", "# keep the rest as before", "# code omitted for brevity"]
+NOT_PLACEHOLDERS = ["x = f(...)", "def f(x): ...", "    pass  # ...", "# lr schedule", "x[..., :2]", "print('...')",
+                    "# compute the rest of the batch", '"""Rest of the pipeline."""', "# ... (gradient clipping removed)",
+                    "return rest", "self.rest = rest", "(a, b)", "rest = total - used", "# TODO: handle other cases",
+                    "# unchanged learning rate keeps the baseline comparable across all the runs of this campaign"]
+
+
+@pytest.mark.parametrize("line", PLACEHOLDERS)
+def test_placeholder_lines_are_recognised(line):
+    assert is_placeholder(line)
+
+
+@pytest.mark.parametrize("line", NOT_PLACEHOLDERS)
+def test_code_and_ordinary_comments_are_not_placeholders(line):
+    assert not is_placeholder(line)
+
+
+LOOP = ["for step in range(n):", "    xb, yb = get_batch()", "    loss = model(xb)", "    loss.backward()", "    opt.step()"]
+
+
+@pytest.mark.parametrize("old, new, placeholder, dropped", [
+    (LOOP, LOOP[:2] + ["    # ... rest unchanged ..."], "    # ... rest unchanged ...",
+     ["loss = model(xb)", "loss.backward()", "opt.step()"]),
+    # as many new lines as elided ones: still dropped, since nothing new resembles them
+    (LOOP, [LOOP[0], "    # ... forward/backward unchanged ...", "    clip(model)", "    log(step)", "    check()", LOOP[4]],
+     "    # ... forward/backward unchanged ...", ["xb, yb = get_batch()", "loss = model(xb)", "loss.backward()"]),
+    (["def f(x):", "    return x"], ["def f(x):", "    ..."], "    ...", ["return x"]),  # a body stubbed out
+])
+def test_elision_names_the_placeholder_and_the_lines_it_would_delete(old, new, placeholder, dropped):
+    assert elision(old, new) == (placeholder, dropped)
+    with pytest.raises(EditRefused, match="placeholder line"):
+        apply_edits({"m.py": "\n".join(old) + "\n"}, _edit(old, new))
+
+
+@pytest.mark.parametrize("old, new", [
+    (LOOP, LOOP[:2] + ["    # ... rest unchanged ..."] + LOOP[2:]),  # a comment inserted: deletes nothing
+    (["a()", "b()", "c()"], ["# ...", "a()", "c()"]),  # b() deleted on purpose, the placeholder elsewhere
+    (["lr = 3e-4"], ["lr = 1e-3", "# ... rest unchanged"]),  # the quoted line is modified, not dropped
+    (["n = 128", "d = 0.0"], ["n = 256  # ... rest unchanged", "d = 0.0"]),
+    (["class P:", "    pass"], ["class P:", "    def f(self) -> int:", "        ...", "    pass"]),
+])
+def test_placeholders_that_delete_nothing_apply(old, new):
+    assert elision(old, new) is None
+    out = apply_edits({"m.py": "\n".join(old) + "\n"}, _edit(old, new)).files["m.py"]
+    assert out == "\n".join(new) + "\n"
+
+
+# ---- several hunks in one file -------------------------------------------------------
+
+SETTINGS = "n = 128\nd = 0.0\nlr = 3e-4\nwd = 0.1\n"
+
+
+def _blocks(*pairs):
+    return [FileEdit("m.py", "modify", [Hunk(list(o), list(n))], source="search_replace") for o, n in pairs]
+
+
+def test_later_block_may_quote_a_line_an_earlier_block_changed():
+    edits = _blocks((["n = 128", "d = 0.0"], ["n = 128", "d = 0.1"]), (["d = 0.0", "lr = 3e-4"], ["d = 0.0", "lr = 1e-3"]))
+    assert apply_edits({"m.py": SETTINGS}, edits).files["m.py"] == "n = 128\nd = 0.1\nlr = 1e-3\nwd = 0.1\n"
+
+
+def test_a_block_written_against_the_edited_text_applies_when_changes_do_not_overlap():
+    edits = _blocks((["d = 0.0"], ["d = 0.1"]), (["d = 0.1", "lr = 3e-4"], ["d = 0.1", "lr = 1e-3"]))
+    assert apply_edits({"m.py": SETTINGS}, edits).files["m.py"] == "n = 128\nd = 0.1\nlr = 1e-3\nwd = 0.1\n"
+
+
+def test_blocks_changing_the_same_line_are_refused_with_the_models_line_numbers():
+    edits = _blocks((["n = 128"], ["x = 1", "y = 2", "n = 128"]), (["d = 0.0", "lr = 3e-4"], ["d = 0.5", "lr = 3e-4"]),
+                    (["d = 0.0"], ["d = 0.2"]))
+    with pytest.raises(EditRefused) as e:
+        apply_edits({"m.py": SETTINGS}, edits)
+    assert "m.py, block 3 of 3: it overlaps lines an earlier hunk of this edit already changed (lines 2-2)" in str(e.value)
+
+
+def test_insertions_at_one_place_keep_reply_order_and_precede_a_replaced_line():
+    edits = _blocks((["n = 128", "d = 0.0"], ["n = 128", "a = 1", "d = 0.0"]), (["d = 0.0"], ["d = 9"]),
+                    (["n = 128", "d = 0.0"], ["n = 128", "b = 2", "d = 0.0"]))
+    assert apply_edits({"m.py": SETTINGS}, edits).files["m.py"] == "n = 128\na = 1\nb = 2\nd = 9\nlr = 3e-4\nwd = 0.1\n"
+
+
+def test_diff_hints_are_the_original_line_numbers():
+    text = "x = 1\n" * 3 + "y = 2\n" + "x = 1\n" * 3
+    edits = [FileEdit("m.py", "modify", [Hunk([], [], None)])]
+    edits[0].hunks = [Hunk(["y = 2"], ["y = 2", "z = 3", "z = 4"], 4), Hunk(["x = 1"], ["x = 0"], 6)]
+    out = apply_edits({"m.py": text}, edits).files["m.py"]
+    assert out.splitlines() == ["x = 1"] * 3 + ["y = 2", "z = 3", "z = 4", "x = 1", "x = 0", "x = 1"]
+
+
+# ---- the fast matcher answers exactly as the difflib-over-every-window one did ------------
+
+_NEAREST = json.loads((corpus.CORPUS / "_nearest" / "cases.json").read_text())
+_SPEED = importlib.util.spec_from_file_location("apply_speed", _BENCH.parent / "apply_speed.py")
+speed = importlib.util.module_from_spec(_SPEED)
+_SPEED.loader.exec_module(speed)
+
+
+def _nearest_texts() -> dict[str, list[str]]:
+    synthetic = speed.synthetic_source(2000)
+    assert hashlib.sha256(synthetic.encode()).hexdigest() == _NEAREST["synthetic_sha256"], "the benchmark's file changed"
+    return {k: v.splitlines() for k, v in {**_NEAREST["files"], "synthetic": synthetic}.items()}
+
+
+def test_matcher_answers_are_unchanged():
+    """225 hunks (corpus hunks and seeded drifts, misses and ties) recorded from the original matcher
+    (tests/edit_corpus/_nearest/capture.py): same placement, method and refusal text, word for word."""
+    texts = _nearest_texts()
+    wrong = []
+    for n, c in enumerate(_NEAREST["cases"]):
+        try:
+            loc = locate(texts[c["file"]], Hunk(c["old"], c["new"], c["hint"]), c["hint"])
+            got = {"start": loc.start, "end": loc.end, "method": loc.method,
+                   "reindent": list(loc.reindent) if loc.reindent else None}
+        except MatchFailure as f:
+            got = {"refused": str(f)}
+        if got != c["want"]:
+            wrong.append(f"case {n} ({c['kind']}): {got} != {c['want']}")
+    assert not wrong, "\n".join(wrong[:5])
+
+
+def test_matcher_without_rapidfuzz_gives_the_same_answers(monkeypatch):
+    """A bare install (no rapidfuzz) bounds windows by length only: slower, same answers."""
+    import ideaforge.edit.windows as windows
+    monkeypatch.setattr(windows, "_rapidfuzz", lambda: (None, None))
+    texts = _nearest_texts()
+    small = [c for c in _NEAREST["cases"] if c["file"] in ("env_train", "env_layers")][::6]
+    assert len(small) >= 10
+    for c in small:
+        try:
+            loc = locate(texts[c["file"]], Hunk(c["old"], c["new"], c["hint"]), c["hint"])
+            got = {"start": loc.start, "end": loc.end, "method": loc.method,
+                   "reindent": list(loc.reindent) if loc.reindent else None}
+        except MatchFailure as f:
+            got = {"refused": str(f)}
+        assert got == c["want"], c["kind"]
+
+
+def test_a_miss_on_a_2000_line_file_costs_little_cpu():
+    """The replaced matcher spent ~1.7 s of CPU here; the bound is loose so that a loaded machine passes."""
+    files = {"big.py": speed.synthetic_source(2000)}
+    old, new = speed.cases(2000)["miss"]
+    assert "nearest match is lines" in speed._apply(files, old, new)
+    assert speed.cpu_time(lambda: speed._apply(files, old, new), 3) < 0.4
+
+
+def test_a_sequential_block_may_insert_next_to_what_an_earlier_block_wrote():
+    edits = _blocks((["d = 0.0"], ["d = 0.0", "e = 1"]), (["e = 1", "lr = 3e-4"], ["e = 1", "f = 2", "lr = 3e-4"]))
+    out = apply_edits({"m.py": SETTINGS}, edits).files["m.py"]
+    assert out == "n = 128\nd = 0.0\ne = 1\nf = 2\nlr = 3e-4\nwd = 0.1\n"
+
+
+def test_insertion_after_a_context_line_the_file_lacks_is_refused_not_guessed():
+    # 'e = 1' is nowhere in the file; the fuzzy window (lines 1-3) would put 'f = 2' at the top
+    with pytest.raises(EditRefused, match="'e = 1', is not in the file there, so where they go is unclear"):
+        apply_edits({"m.py": SETTINGS}, _edit(["e = 1", "lr = 3e-4"], ["e = 1", "f = 2", "lr = 3e-4"]))

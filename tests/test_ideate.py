@@ -24,10 +24,10 @@ from ideaforge.ideate import (
     offline_ideator,
     parse_ideas,
 )
+from ideaforge.edit.apply import apply_edits
+from ideaforge.edit.parse import parse_reply
 from ideaforge.ideate.blocks import applies
 from ideaforge.ideate.numeric import find_settings
-from ideaforge.implement.apply import apply_edits
-from ideaforge.implement.edits import parse_reply
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

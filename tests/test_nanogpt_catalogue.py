@@ -15,10 +15,10 @@ import tomllib
 
 import pytest
 
+from ideaforge.edit.apply import apply_edits
+from ideaforge.edit.parse import parse_reply
 from ideaforge.envs import load_env
 from ideaforge.errors import EditRefused
-from ideaforge.implement.apply import apply_edits
-from ideaforge.implement.edits import parse_reply
 
 torch = pytest.importorskip("torch")
 

@@ -3,7 +3,7 @@
 An offline idea carries its implementation, so combining two ideas is combining
 their blocks: identical blocks merge, two different replacements of the same lines
 conflict, and whatever is left must still apply to the baseline files (checked with
-`implement.apply`, the same code that applies every edit of the campaign).
+`edit.apply`, the same code that applies every edit of the campaign).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import random
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from ideaforge.edit.apply import apply_edits
+from ideaforge.edit.parse import parse_reply
 from ideaforge.errors import EditRefused
 from ideaforge.ideate.dedup import names_title
 from ideaforge.ideate.types import Context, Idea, ScoredIdea
-from ideaforge.implement.apply import apply_edits
-from ideaforge.implement.edits import parse_reply
 
 
 @dataclass(frozen=True)

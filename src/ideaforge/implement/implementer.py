@@ -20,11 +20,11 @@ from pathlib import Path
 from string import Template
 from typing import Callable
 
+from ideaforge.edit.apply import apply_edits
+from ideaforge.edit.parse import parse_reply
 from ideaforge.envs.spec import EnvSpec
 from ideaforge.envs.workspace import render_codebase
 from ideaforge.errors import EditRefused, LLMError
-from ideaforge.implement.apply import apply_edits
-from ideaforge.implement.edits import parse_reply
 from ideaforge.llm import complete
 
 PROMPTS = Path(__file__).parent / "prompts"

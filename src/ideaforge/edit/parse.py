@@ -10,7 +10,7 @@ fences around them:
 * search/replace blocks, a file path alone on a line followed by
   ``<<<<<<< SEARCH`` / ``=======`` / ``>>>>>>> REPLACE``.
 
-Parsing knows nothing about the files; `implement.apply` matches the hunks and
+Parsing knows nothing about the files; `edit.apply` matches the hunks and
 enforces the environment's rules. A reply that cannot be parsed safely (cut off,
 malformed, a path that leaves the environment) raises EditRefused with a message
 written for the model.
@@ -32,7 +32,14 @@ _SEARCH = re.compile(r"^ {0,3}<{5,9} ?SEARCH\s*$")
 _DIVIDER = re.compile(r"^ {0,3}={5,9}\s*$")
 _REPLACE = re.compile(r"^ {0,3}>{5,9} ?REPLACE\s*$")
 _HUNK = re.compile(r"^@@ *(?:-(\d+)(?:,(\d+))?)? *(?:\+(\d+)(?:,(\d+))?)? *@@")
+_BARE_HUNK = re.compile(r"^@@(?:\s.*)?$")  # "@@", "@@ ... @@", "@@ def main():": a header with no counts
+_CODE_EXT = r"py|pyi|pyx|txt|toml|json|ya?ml|cfg|ini|md|rst|sh|c|cc|cpp|h|hpp|cu|js|ts|rs|go|java|jl|lua|sql|html|css"
+# a file path in prose or a fence's info string: words with a code file's extension
+_PATH_TOKEN = re.compile(rf"(?<![\w./-])((?:[\w.-]+/)*[\w-][\w.-]*\.(?:{_CODE_EXT}))(?![\w/-])", re.I)
+# a markdown bullet of prose ("- Raises dropout ...", "- `grad_clip` stays"), never a diff line of code
+_BULLET = re.compile(r"^[-+*] (?:\*\*|`|[A-Z][a-z]+\b|\d+[.)] )")
 _GIT = re.compile(r"^diff --git (\S+) (\S+)\s*$")
+_TIMESTAMP = re.compile(r"\s+\d{4}-\d\d-\d\d[ T][\d:.]+(?:\s*[+-]\d{4})?$")  # after a ---/+++ path
 _FORMAT_HELP = (
     "write each change as a unified diff (--- a/path, +++ b/path, @@ hunks) or as a "
     "search/replace block: the file path alone on a line, then <<<<<<< SEARCH, the exact "
@@ -101,10 +108,35 @@ def normalise_path(raw: str, strip_prefix: str | None = None) -> str:
     return "/".join(x for x in pure.parts if x not in ("", "."))
 
 
+def hunk_header(line: str) -> re.Match | None:
+    """The @@ line's match (groups: old start, old count, new start, new count), or None."""
+    return _HUNK.match(line) or _BARE_HUNK.match(line)
+
+
+def _one_path(text: str) -> str | None:
+    """The single file path named in `text`, or None when it names none or several."""
+    found = {m.strip("`*\"'") for m in _PATH_TOKEN.findall(text)}
+    return found.pop() if len(found) == 1 else None
+
+
+def _fence_path(line: str) -> str | None:
+    """A path in an opening fence's info string: ```python:train.py, ```diff model/layers.py."""
+    m = _FENCE.match(line)
+    return _one_path(line[m.end() :]) if m else None
+
+
+def _prose_path(line: str) -> str | None:
+    """The file a short path line names: "Change in train.py:", "In `model/layers.py`:", "**train.py**"."""
+    bare = line.strip().strip("*_").strip()
+    if not (bare.endswith(":") or len(bare.split()) <= 4):
+        return None  # a sentence of prose may name a file it does not edit
+    return _one_path(line)
+
+
 def _diff_path(raw: str, prefix: str) -> str | None:
     """The path on a ---/+++ line (None for /dev/null), without a trailing timestamp."""
     raw = raw.split("\t")[0].strip()
-    raw = re.sub(r"\s+\d{4}-\d\d-\d\d[ T][\d:.]+(?:\s*[+-]\d{4})?$", "", raw)
+    raw = _TIMESTAMP.sub("", raw)
     if raw in ("/dev/null", "dev/null", "a/dev/null", "b/dev/null", "null"):
         return None
     return normalise_path(raw, prefix)
@@ -115,6 +147,7 @@ class _Parser:
     lines: list[str]
     i: int = 0
     open_fence: int | None = None  # 1-based line of an unclosed fence
+    fence_path: str | None = None  # the path named in the open fence's info string
     edits: list[FileEdit] = field(default_factory=list)
 
     def run(self) -> list[FileEdit]:
@@ -122,13 +155,10 @@ class _Parser:
             line = self.lines[self.i]
             if _SEARCH.match(line):
                 self._search_replace()
-            elif _GIT.match(line) or (line.startswith("--- ") and self._peek(1).startswith("+++ ")):
+            elif _GIT.match(line) or self._at_diff_header():
                 self._diff_file()
-            elif _HUNK.match(line):
-                raise EditRefused(
-                    f"line {self.i + 1} starts a diff hunk ({line.strip()}) with no file header before it; "
-                    "put '--- a/PATH' and '+++ b/PATH' lines before the first @@ line"
-                )
+            elif hunk_header(line):
+                self._headerless_hunks(line)
             else:
                 self._fence(line)
                 self.i += 1
@@ -141,6 +171,42 @@ class _Parser:
     def _fence(self, line: str) -> None:
         if _FENCE.match(line):
             self.open_fence = None if self.open_fence is not None else self.i + 1
+            self.fence_path = _fence_path(line) if self.open_fence is not None else None
+
+    def _at_diff_header(self) -> bool:
+        """A '--- '/'+++ ' pair that heads a diff, not lines of an explanatory snippet.
+
+        A header is followed by a hunk, or ends a cut-off reply, or names paths; a pair
+        of prose lines ("--- baseline: lr = 3e-4") is none of these and must not be read
+        as a rename.
+        """
+        if not (self.lines[self.i].startswith("--- ") and self._peek(1).startswith("+++ ")):
+            return False
+        if hunk_header(self._peek(2)) or all(not x.strip() or _FENCE.match(x) for x in self.lines[self.i + 2 :]):
+            return True
+        sides = [_TIMESTAMP.sub("", x[4:].split("\t")[0].strip()) for x in self.lines[self.i : self.i + 2]]
+        return not any(re.search(r"\s", x) for x in sides)
+
+    def _headerless_hunks(self, line: str) -> None:
+        """Hunks with no ---/+++ lines: the file must be named by the fence or the line above."""
+        start = self.i
+        path = self.fence_path if self.open_fence is not None else None
+        above = self._line_above(start)
+        if path is None and above is not None and not _FENCE.match(above):
+            path = _prose_path(above)
+        if path is None:
+            raise EditRefused(
+                f"line {start + 1} starts a diff hunk ({line.strip()}) with no file header before it; "
+                "put '--- a/PATH' and '+++ b/PATH' lines before the first @@ line"
+            )
+        self.edits.append(FileEdit(normalise_path(path), "modify", self._hunks(), line=start + 1))
+
+    def _line_above(self, start: int) -> str | None:
+        """The nearest non-blank line above `start`, skipping fences that name no file."""
+        j = start - 1
+        while j >= 0 and (not self.lines[j].strip() or (_FENCE.match(self.lines[j]) and not _fence_path(self.lines[j]))):
+            j -= 1
+        return self.lines[j].strip() if j >= 0 else None
 
     # ---- search/replace ------------------------------------------------------
     def _search_replace(self) -> None:
@@ -173,14 +239,9 @@ class _Parser:
 
     def _block_path(self, start: int) -> str:
         """The file a SEARCH block edits: the nearest meaningful line above it."""
-        j = start - 1
-        while j >= 0:
-            line = self.lines[j].strip()
-            if line and not _FENCE.match(line):
-                break
-            j -= 1
-        else:
-            line = ""
+        line = self._line_above(start) or ""
+        if _FENCE.match(line):
+            return normalise_path(_fence_path(line) or "")  # ```python:train.py
         if _REPLACE.match(line):
             # a second block right after another one, without repeating the path: same file
             prev = [e for e in self.edits if e.source == "search_replace"]
@@ -191,6 +252,8 @@ class _Parser:
         ticked = re.findall(r"`([^`\s]+\.\w+|[^`\s]+/[^`\s]*)`", line)
         if " " in cand and len(ticked) == 1:
             cand = ticked[0]  # "In `train.py`:" names the file in backticks
+        if " " in cand:
+            cand = _prose_path(line) or cand  # "Change in train.py:"
         if not cand or " " in cand or not re.search(r"[\w]", cand):
             raise EditRefused(
                 f"cannot tell which file the SEARCH block at line {start + 1} edits: the line above it "
@@ -254,7 +317,7 @@ class _Parser:
     def _hunks(self) -> list[Hunk]:
         hunks: list[Hunk] = []
         while self.i < len(self.lines):
-            m = _HUNK.match(self.lines[self.i])
+            m = hunk_header(self.lines[self.i])
             if not m:
                 break
             hunks.append(self._hunk(m))
@@ -263,19 +326,22 @@ class _Parser:
     def _hunk(self, m: re.Match) -> Hunk:
         """One hunk body, recounted; the header's counts only serve to spot a cut-off reply."""
         header_line = self.i + 1
-        old_start = int(m.group(1)) if m.group(1) is not None else None
-        want_old = int(m.group(2)) if m.group(2) is not None else None
-        want_new = int(m.group(4)) if m.group(4) is not None else None
+        counted = m.re is _HUNK
+        old_start = int(m.group(1)) if counted and m.group(1) is not None else None
+        want_old = int(m.group(2)) if counted and m.group(2) is not None else None
+        want_new = int(m.group(4)) if counted and m.group(4) is not None else None
         self.i += 1
         old: list[str] = []
         new: list[str] = []
         body = 0  # body lines consumed, trailing blanks included
         while self.i < len(self.lines):
             line = self.lines[self.i]
-            if _HUNK.match(line) or line.startswith("diff --git") or (line.startswith("--- ") and self._peek(1).startswith("+++ ")):
+            if hunk_header(line) or line.startswith("diff --git") or (line.startswith("--- ") and self._peek(1).startswith("+++ ")):
                 break
             if line == "" and self._hunk_done(old, new, want_old, want_new):
                 break  # a blank after a complete hunk separates it from prose
+            if _BULLET.match(line) and want_old is not None and len(old) >= want_old and len(new) >= (want_new or 0):
+                break  # the counts are met and a prose bullet list follows: "- Raises dropout ..."
             if line == "" or line[0] == " ":
                 old.append(line[1:])
                 new.append(line[1:])
@@ -311,9 +377,11 @@ class _Parser:
         was an unprefixed empty context line, not the end; guessing "end" there would
         silently drop the rest of the hunk.
         """
+        nxt = next((ln for ln in self.lines[self.i + 1 :] if ln != ""), "")
+        if _BULLET.match(nxt):
+            return True  # prose bullets after a blank line: no diff line of code reads "- Raises ..."
         if want_old is None or want_new is None or len(old) < want_old or len(new) < want_new:
             return False
-        nxt = next((ln for ln in self.lines[self.i + 1 :] if ln != ""), "")
         return not (nxt[:1] in (" ", "+", "-") and not nxt.startswith(("--- ", "+++ ")))
 
     def _check_hunk_end(self, header_line: int, old: list[str], new: list[str], want_old: int | None, want_new: int | None) -> None:
