@@ -139,10 +139,14 @@ class Tracker:
 
     # -- counts ----------------------------------------------------------------------------------
     def trial_seconds(self) -> float:
-        """Expected wall seconds of one trial: the mean of those seen, else the budget plus a margin."""
+        """Expected wall seconds of one trial (start-up, training, evaluation): the mean of those
+        seen here, else the budget plus a margin, and never less than the oldest running one so far."""
         if self.durations:
-            return sum(self.durations) / len(self.durations)
-        return self.budget_s * (1 + EVAL_SHARE)
+            per = sum(self.durations) / len(self.durations)
+        else:
+            per = self.budget_s * (1 + EVAL_SHARE)
+        now = time.monotonic()
+        return max([per] + [now - t0 for _, t0 in self.running.values()])
 
     def eta_s(self) -> float:
         """Seconds until the planned trials are done, if every slot stays busy (ideation not counted)."""
@@ -167,13 +171,14 @@ class Tracker:
                 n = self.epoch_ideas or self.ideas_per_epoch or 0
                 rows.append(Text(f"epoch {self.epoch} (0..{self.epochs - 1}): {self.epoch_implemented}/{n} ideas "
                                  f"implemented, {self.failed_impl} failed in all"))
+            per = self.trial_seconds()  # a trial's expected wall time: the bar's full length
             table = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
-            for col in ("running", "elapsed", "of budget", ""):
+            for col in ("running", "elapsed", "expected", ""):
                 table.add_column(col)
             for label, t0 in sorted(self.running.values(), key=lambda r: r[1]):
                 el = now - t0
-                table.add_row(label, fmt_duration(el), f"{min(999, 100 * el / self.budget_s):3.0f}%",
-                              ProgressBar(total=self.budget_s, completed=min(el, self.budget_s), width=24))
+                table.add_row(label, fmt_duration(el), fmt_duration(per),
+                              ProgressBar(total=per, completed=min(el, per), width=30))
             queued = [Text("queued: " + ("; ".join(self.queued[:4]) + (" ..." if len(self.queued) > 4 else "")
                                          if self.queued else "none"), style="dim")]
             return Group(head, *rows, table, *queued)

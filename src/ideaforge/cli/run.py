@@ -39,7 +39,7 @@ def run_trials(campaign: Campaign, executor, planned: int, budget_s: float, resu
 def say_plan(cfg: SearchConfig, spec_budget_s: float, slots: int) -> None:
     p = plan(cfg, spec_budget_s, slots)
     say(f"plan: {p.trials} trials ({cfg.baseline_seeds} baseline + {cfg.epochs} epochs x {cfg.ideas} ideas + "
-        f"{cfg.confirm_top} x {max(0, cfg.confirm_seeds - 1)} confirmation runs) of {p.budget_s:.0f} s on {p.slots} "
+        f"{min(cfg.confirm_top, cfg.epochs * cfg.ideas)} x {max(0, cfg.confirm_seeds - 1)} confirmation runs) of {p.budget_s:.0f} s on {p.slots} "
         f"slot(s): about {fmt_duration(p.wall_s)} of training, plus evaluation and ideation"
         + (f"; stops after {fmt_duration(cfg.max_wall_s)} of wall time" if cfg.max_wall_s else ""))
 

@@ -14,6 +14,10 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
+def _wall(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 def status_lines(store: Store, env: str, metric: str, goal: str, cpus: int, gpus: int, top: int = 10) -> list[str]:
     """Leaderboard (mean ± std, beyond noise or not), per-epoch progress and failures, spend."""
     base, rows = leaderboard(store, goal)
@@ -43,7 +47,7 @@ def status_lines(store: Store, env: str, metric: str, goal: str, cpus: int, gpus
                    f"{_fmt(best):>10} {_fmt(mean):>10}  " + (", ".join(f"{k} {v}" for k, v in sorted(fails.items())) or "-"))
     hours = store.trial_hours()
     out += ["", f"spend: ${store.llm_spend():.2f} on model calls, {hours * cpus:.2f} CPU-h, {hours * gpus:.2f} GPU-h "
-                f"of trials, {store.get_meta('elapsed_s', 0.0) / 60:.1f} min wall"]
+                f"of trials, {_wall(store.get_meta('elapsed_s', 0.0))} wall"]
     if store.get_meta("stopped"):
         out.append(f"stopped early: {store.get_meta('stopped')}")
     return out
@@ -54,7 +58,8 @@ def show_idea(store: Store, metric: str, idea_id: int, say: Callable[[str], None
     ideas = {i["id"]: i for i in store.ideas()}
     idea = ideas.get(idea_id)
     if idea is None:
-        say(f"no idea {idea_id} in {store.root}; ideas are numbered 1..{max(ideas) if ideas else 0}")
+        say(f"no idea {idea_id} in {store.root}; " + (f"its ideas are numbered {min(ideas)}..{max(ideas)}"
+                                                       if ideas else "it has no ideas yet"))
         return False
     say(f"idea {idea['id']} (epoch {idea['epoch']}, {idea['kind']}, {idea['status']}): {idea['title']}")
     if idea["parents"]:
@@ -80,9 +85,10 @@ def show_idea(store: Store, metric: str, idea_id: int, say: Callable[[str], None
             say(f"trial {t['id']} ({t['role']}, seed {t['seed']}): {value}")
             if t["outcome"] not in (None, "evaluated"):
                 say("  " + (t["reason"] or "").replace("\n", "\n  "))
-                log = log_tail(store.trial_dir(t["id"]) / "train.err", 10)
-                if log:
-                    say("  stderr tail:\n    " + log.replace("\n", "\n    "))
+            for name in ("train.out", "train.err", "eval.err"):  # the log tails, for every trial that ran
+                log = log_tail(store.trial_dir(t["id"]) / name, 10 if t["outcome"] == "evaluated" else 20)
+                if log.strip():
+                    say(f"  {name} (last lines):\n    " + log.replace("\n", "\n    "))
             if t["curve"]:
                 say(f"  learning curve: {len(t['curve'])} points, last {json.dumps(t['curve'][-1])}")
     return True

@@ -93,7 +93,8 @@ class Plan:
 
 def plan(cfg: "SearchConfig", spec_budget_s: float, slots: int) -> Plan:
     budget = cfg.budget_s or spec_budget_s
-    trials = cfg.baseline_seeds + cfg.epochs * cfg.ideas + cfg.confirm_top * max(0, cfg.confirm_seeds - 1)
+    confirmed = min(cfg.confirm_top, cfg.epochs * cfg.ideas)
+    trials = cfg.baseline_seeds + cfg.epochs * cfg.ideas + confirmed * max(0, cfg.confirm_seeds - 1)
     slots = max(1, slots)
     waves = -(-trials // slots)  # ceil: a wave of `slots` trials takes one budget
     return Plan(trials, budget, slots, waves * budget)
