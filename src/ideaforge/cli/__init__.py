@@ -27,13 +27,15 @@ def _load_commands() -> None:
             importlib.import_module(f"{__name__}.{mod.name}")
 
 
+_load_commands()
+
+
 def _stop_cleanly(signum, frame):
     raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns its exit code (2: bad usage or a refused value, 130: interrupted)."""
-    _load_commands()
     # Ctrl-C and `kill` stop a campaign cleanly (running trials killed and re-queued). Set
     # explicitly: a shell that starts us in the background leaves SIGINT ignored.
     signal.signal(signal.SIGINT, _stop_cleanly)
