@@ -215,3 +215,24 @@ def test_status_wall_time_is_saved_while_a_campaign_runs(tmp_path):
     with LocalExecutor(slots=2) as ex:
         Search(camp, ex, offline_ideator(spec), cfg, on_event=on_event).run()
     assert seen and seen[0] > 0
+
+
+def test_tracker_counts_and_eta(tmp_path):
+    """The live view's arithmetic: planned trials, running ones, and an ETA of remaining work ÷ slots."""
+    from ideaforge.cli.progress import EVAL_SHARE, Tracker
+    from ideaforge.envs import load_env
+    from ideaforge.search.campaign import Campaign
+
+    camp = Campaign.create(tmp_path / "camp", load_env(make_toy_env(tmp_path / "env")))
+    ids = [camp.store.add_trial("baseline", seed=s, budget_s=10) for s in range(4)]
+    tr = Tracker(camp, planned=4, slots=2, budget_s=10)
+    per = 10 * (1 + EVAL_SHARE)  # no trial has finished: the budget plus a margin
+    assert abs(tr.eta_s() - 4 * per / 2) < 0.5
+    tr.handle("started", {"trial": ids[0], "pid": 1})
+    assert "trial 1 (baseline, seed 0)" in tr.render().renderables[1].columns[0]._cells[0]
+    camp.store.mark_running(ids[0])
+    camp.store.finish_trial(ids[0], {"outcome": "evaluated", "metric": 1.0, "train_s": 9.0, "eval_s": 1.0})
+    lines = tr.handle("finished", {"trial": ids[0], "outcome": "evaluated", "metric": 1.0, "train_s": 9.0, "eval_s": 1.0})
+    assert lines[0].endswith("trial 1 (baseline, seed 0): score = 1.0000 (train 9.0 s, eval 1.0 s)")
+    assert "[1/4 trials done, 0 running, 3 queued" in lines[1]
+    assert tr.durations and tr.eta_s() < 4 * per / 2  # the finished trial took far less than the budget

@@ -80,10 +80,9 @@ class Tracker:
     def handle(self, kind: str, info: dict) -> list[str]:
         """Update the counts for one event; return the lines to print for it."""
         with self.lock:
-            lines = self._lines(kind, info)
             if kind in ("started", "finished", "requeued", "attached", "implemented", "ideas"):
-                self._refresh()
-            return lines
+                self._refresh()  # the store already holds what this event reports
+            return self._lines(kind, info)
 
     def _lines(self, kind: str, info: dict) -> list[str]:
         stamp = f"{time.monotonic() - self.t0:6.0f}s "
@@ -92,6 +91,8 @@ class Tracker:
             return [f"{stamp}== epoch {info['epoch']} (epochs 0..{info['epochs'] - 1}) =="]
         if kind == "ideas":
             self.epoch_ideas = info["count"]
+            self.epoch_implemented = sum(i["status"] in ("implemented", "implement_failed")
+                                         for i in self.store.ideas(info["epoch"]))  # after a resume, not 0
             if self.ideas_per_epoch is not None and info["count"] < self.ideas_per_epoch:
                 self.planned -= self.ideas_per_epoch - info["count"]
             return [f"{stamp}  {info['count']} ideas for epoch {info['epoch']}"]
@@ -124,8 +125,9 @@ class Tracker:
     def _finished(self, stamp: str, info: dict) -> list[str]:
         label, started = self.running.pop(info["trial"], (None, None))
         label = label or self.label(info["trial"])
-        if started is not None:
-            self.durations.append(time.monotonic() - started)
+        if started is not None:  # a trial attached after a resume was seen for only part of its run
+            ran = (info.get("train_s") or 0) + (info.get("eval_s") or 0)
+            self.durations.append(max(time.monotonic() - started, ran))
         self.done += 1
         self.planned = max(self.planned, self.done)
         if info.get("outcome") == "evaluated":
