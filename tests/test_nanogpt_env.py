@@ -74,6 +74,7 @@ def test_baseline_trains_and_scores(env, tmp_path):
     assert res["metrics"]["params"] > 100_000 and res["metrics"]["eval_tokens"] > 50_000
 
 
+@pytest.mark.slow
 def test_future_token_leak_is_invalid(env, tmp_path):
     src = (env.root / "train.py").read_text()
     assert "is_causal=True" in src

@@ -102,6 +102,7 @@ def test_best_of_n_uses_no_feedback(tmp_path):
     assert all(not i["parents"] for i in camp.store.ideas())
 
 
+@pytest.mark.slow
 def test_sigkill_mid_campaign_resumes_to_the_same_leaderboard(tmp_path):
     env = quadratic_env(tmp_path / "env")
     reference = run_offline(env, tmp_path / "ref", epochs=3, ideas=4, confirm_top=2, confirm_seeds=2)
