@@ -102,7 +102,6 @@ def test_best_of_n_uses_no_feedback(tmp_path):
     assert all(not i["parents"] for i in camp.store.ideas())
 
 
-@pytest.mark.slow
 def test_sigkill_mid_campaign_resumes_to_the_same_leaderboard(tmp_path):
     env = quadratic_env(tmp_path / "env")
     reference = run_offline(env, tmp_path / "ref", epochs=3, ideas=4, confirm_top=2, confirm_seeds=2)
@@ -220,9 +219,10 @@ class ScriptedResearcher:
 def test_scripted_model_campaign_on_nanogpt_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "test")
     model = ScriptedResearcher()
-    # Trained by steps, not by the clock, so the scores do not depend on the machine's load;
-    # the 60 s budget is only the time limit.
-    spec = load_env(nanogpt_by_steps(tmp_path / "env", steps=40))
+    # Trained by steps, not by the clock, so the scores do not depend on the machine's load (the
+    # 60 s budget is only the time limit). At 15 steps the fast start beats the baseline, still in
+    # its warmup, by ~0.17 nats (3.39 vs 3.56, measured); by 25 steps the baseline has overtaken it.
+    spec = load_env(nanogpt_by_steps(tmp_path / "env", steps=15))
     with FakeLLMServer(model) as srv:
         cfg = SearchConfig(epochs=3, ideas=2, budget_s=60, baseline_seeds=2, confirm_top=1, confirm_seeds=2,
                            model=f"openai-compatible:fake@{srv.openai_url}", samples=1, repairs=1, smoke=False)

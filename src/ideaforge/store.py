@@ -314,10 +314,6 @@ class Store:
                            "COALESCE(SUM(output_tokens), 0) FROM llm_calls").fetchone()
         return {"calls": row[0], "cost_usd": float(row[1]), "input_tokens": row[2], "output_tokens": row[3]}
 
-    def trial_counts(self) -> dict[str, int]:
-        """Trials per status (queued, running, done)."""
-        return {r[0]: r[1] for r in self.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall()}
-
 
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on error (autocommit connection otherwise)."""

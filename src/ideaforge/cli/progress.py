@@ -41,7 +41,7 @@ class Tracker:
         self.slots, self.budget_s, self.epochs, self.ideas_per_epoch = max(1, slots), budget_s, epochs, ideas
         self.lock = threading.Lock()
         self.t0 = time.monotonic()
-        counts = self.store.trial_counts()
+        counts = self._counts()
         self.done = counts.get("done", 0)
         self.failed_impl = sum(i["status"] == "implement_failed" for i in self.store.ideas())
         self.planned = max(planned - self.failed_impl, self.done + counts.get("running", 0) + counts.get("queued", 0))
@@ -55,6 +55,10 @@ class Tracker:
         self.spend_usd = self.store.llm_spend()
         self.cpu_h = self.store.trial_hours() * self.spec.cpus
         self._idea_of: dict[int, int] = {}  # implementation id -> idea id
+
+    def _counts(self) -> dict[str, int]:
+        """Trials per status."""
+        return {st: len(self.store.trials(status=st)) for st in ("queued", "running", "done")}
 
     # -- labels ------------------------------------------------------------------------------
     def _idea(self, impl_id: int | None) -> int | None:
@@ -72,7 +76,7 @@ class Tracker:
 
     def _refresh(self) -> None:
         self.queued = [self.label(t["id"]) for t in self.store.trials(status="queued")[:8]]
-        self.n_queued = self.store.trial_counts().get("queued", 0)
+        self.n_queued = self._counts().get("queued", 0)
         self.spend_usd = self.store.llm_spend()
         self.cpu_h = self.store.trial_hours() * self.spec.cpus
 
