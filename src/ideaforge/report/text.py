@@ -14,10 +14,6 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def _wall(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
 def status_lines(store: Store, env: str, metric: str, goal: str, cpus: int, gpus: int, top: int = 10) -> list[str]:
     """Leaderboard (mean ± std, beyond noise or not), per-epoch progress and failures, spend."""
     base, rows = leaderboard(store, goal)
@@ -92,3 +88,7 @@ def show_idea(store: Store, metric: str, idea_id: int, say: Callable[[str], None
             if t["curve"]:
                 say(f"  learning curve: {len(t['curve'])} points, last {json.dumps(t['curve'][-1])}")
     return True
+
+
+def _wall(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
