@@ -66,7 +66,7 @@ def implement(
     for a in result.attempts:
         first = (a.error or "").strip().splitlines()
         say(f"  sample {a.sample} round {a.round}: {a.stage}" + (f" — {first[0][:100]}" if first else ""))
-    use = store.llm_usage()
+    use = store.llm_totals()
     say(f"{use['calls']} model call(s), {use['input_tokens']} tokens in, {use['output_tokens']} out, "
         f"${use['cost_usd']:.4f}, {time.monotonic() - t0:.1f} s")
     say(f"idea {one.idea_id}, implementation {one.implementation_id} in {store.root}")
