@@ -19,7 +19,6 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from ideaforge.envs.spec import EnvSpec
 
 app = typer.Typer(
     name="ideaforge", help="Execution-grounded automated AI research: ideas -> code edits -> trusted "
@@ -103,15 +102,16 @@ class Mode(str, Enum):
     best_of_n = "best-of-n"
 
 
-ExecutorOpt = Annotated[Backend, typer.Option(
-    "--executor", help="where trials run: local (this machine) or ray (a Ray cluster; see docs/ray.md)")]
+ExecutorOpt = Annotated[Optional[Backend], typer.Option(
+    "--executor", help="where trials run: local (this machine) or ray (a Ray cluster; see docs/ray.md) "
+    "[default: local]")]
 RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", help="with --executor ray: auto, HOST:6379 or ray://HOST:10001 [default: start a local Ray]")]
 
 
 @dataclass(frozen=True)
 class ExecutorChoice:
-    executor: str = "local"
+    executor: str | None = None  # None: local, or on resume the campaign's saved choice (seams branch)
     slots: int | None = None
     gpus: str | None = None
     ray_address: str | None = None
@@ -120,6 +120,9 @@ class ExecutorChoice:
         object.__setattr__(self, "executor", getattr(self.executor, "value", self.executor))
         if self.gpus and not all(g.strip().isdigit() for g in self.gpus.split(",") if g.strip()):
             raise typer.BadParameter(f"--gpus {self.gpus!r}: give GPU ids like 0,1,2,3")
+
+    def gpu_list(self) -> list[str] | None:
+        return [g.strip() for g in self.gpus.split(",") if g.strip()] if self.gpus else None
 
 
 def detect_gpus() -> list[str]:
@@ -133,15 +136,18 @@ def detect_gpus() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def make_executor(choice: ExecutorChoice, spec: EnvSpec):
+def make_executor(choice: ExecutorChoice, campaign):
+    """The executor for a campaign's trials. (Where the seams branch is merged, this becomes
+    `campaign.make_executor(choice.executor, slots=..., gpus=..., address=choice.ray_address)`,
+    which also remembers the choice for `resume`.)"""
+    spec = campaign.spec
     if choice.executor == "ray":
         from ideaforge.execute.ray_backend import RayExecutor  # imports ray: only when asked for
 
         return RayExecutor(choice.ray_address, slots=choice.slots, cpus_per_trial=spec.cpus)
     from ideaforge.execute.local import LocalExecutor
 
-    gpus = [g.strip() for g in choice.gpus.split(",") if g.strip()] if choice.gpus else (
-        detect_gpus() if spec.gpus else [])
+    gpus = choice.gpu_list() if choice.gpus else (detect_gpus() if spec.gpus else [])
     if spec.gpus:
         default_slots = max(1, len(gpus) // spec.gpus)
     else:

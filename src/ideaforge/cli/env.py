@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ideaforge.cli.common import (
-    ENV_HELP, Backend, ExecutorChoice, ExecutorOpt, GpusOpt, RayAddressOpt, SlotsOpt, bound, env_app, make_executor, say,
+    ENV_HELP, ExecutorChoice, ExecutorOpt, GpusOpt, RayAddressOpt, SlotsOpt, bound, env_app, make_executor, say,
 )
 from ideaforge.envs.spec import builtin_names, load_env
 from ideaforge.envs.workspace import read_files
@@ -70,7 +70,7 @@ def env_check(
     dir: Annotated[Optional[Path], typer.Option("--dir", help="keep the check's campaign here [default: a "
                                                 "temporary directory, removed afterwards]")] = None,
     keep: Annotated[bool, typer.Option(help="keep the temporary campaign directory")] = False,
-    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = Backend.local, ray_address: RayAddressOpt = None,
+    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
 ) -> int:
     """Validate an environment and run its baseline once."""
     from ideaforge.cli.run import run_trials
@@ -81,14 +81,13 @@ def env_check(
     budget_s = budget or min(spec.budget_s, CHECK_BUDGET_S)
     say(f"{spec.name}: spec valid ({len(spec.editable_files)} editable, {len(spec.visible_files)} visible, "
         f"{len(spec.hidden_files)} hidden files, {len(spec.data_paths)} data paths)")
-    ex = make_executor(choice, spec)
     tmp = None
     root = dir if dir else Path(tmp := tempfile.mkdtemp(prefix=f"ideaforge-check-{spec.name}-"))
     try:
         campaign = Campaign.create(root, spec, {"command": "env check", "budget_s": budget_s})
         tid = campaign.store.add_trial("check", seed=0, budget_s=budget_s)
         say(f"running the baseline once with a {budget_s:.0f} s budget ...")
-        run_trials(campaign, ex, 1, budget_s, f"ideaforge env check {env}")
+        run_trials(campaign, make_executor(choice, campaign), 1, budget_s, f"ideaforge env check {env}")
         t = campaign.store.trial(tid)
         if t["outcome"] != "evaluated":
             say(f"FAILED: the baseline ended {t['outcome']}; logs in {campaign.store.trial_dir(tid)}")

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ideaforge.cli.common import (
-    BUDGET_HELP, DIR_HELP, ENV_HELP, Backend, ExecutorChoice, ExecutorOpt, GpusOpt, RayAddressOpt, SlotsOpt, app, bound,
+    BUDGET_HELP, DIR_HELP, ENV_HELP, ExecutorChoice, ExecutorOpt, GpusOpt, RayAddressOpt, SlotsOpt, app, bound,
     default_dir, make_executor, say,
 )
 from ideaforge.cli.run import D, run_trials
@@ -36,7 +36,7 @@ def implement(
     budget: Annotated[Optional[float], typer.Option(callback=bound(0, open_=True, unit="seconds"),
                                                     help=BUDGET_HELP + "; with --run")] = None,
     dir: Annotated[Optional[Path], typer.Option("--dir", help=DIR_HELP.format(kind="implement"))] = None,
-    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = Backend.local, ray_address: RayAddressOpt = None,
+    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
 ) -> int:
     """Implement one idea as a checked edit: print the diff and what it took (model calls, tokens, dollars)."""
     from ideaforge.llm.choose import DEFAULT_MODEL, check_reachable
@@ -53,7 +53,6 @@ def implement(
             raise typer.BadParameter(f"cannot read the idea from {idea[1:]}: {e.strerror}", param_hint="IDEA")
     if not idea.strip():
         raise typer.BadParameter("the idea is empty", param_hint="IDEA")
-    ex = make_executor(choice, spec) if run else None
     campaign = Campaign.create(dir or default_dir("implement", spec.name), spec,
                                {"command": "implement", "model": model, "samples": samples, "repairs": repairs})
     store = campaign.store
@@ -79,7 +78,7 @@ def implement(
     if not run:
         say(f"stored in {store.root}; add --run to train and evaluate it")
         return 0
-    run_trials(campaign, ex, 1, budget_s, f"ideaforge baseline --resume {campaign.root}")
+    run_trials(campaign, make_executor(choice, campaign), 1, budget_s, f"ideaforge baseline --resume {campaign.root}")
     t = store.trials()[0]
     say(f"result: {t['outcome']}" + (f", {spec.metric} = {t['metric']:.4f}" if t["metric"] is not None else ""))
     return 0 if t["outcome"] == "evaluated" else 1

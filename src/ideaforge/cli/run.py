@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ideaforge.cli.common import (
-    BUDGET_HELP, DIR_HELP, ENV_HELP, Backend, ExecutorChoice, ExecutorOpt, GpusOpt, RayAddressOpt, SlotsOpt,
+    BUDGET_HELP, DIR_HELP, ENV_HELP, ExecutorChoice, ExecutorOpt, GpusOpt, RayAddressOpt, SlotsOpt,
     Mode, app, bound, default_dir, fail, fmt_duration, make_executor, minutes_to_seconds, say,
 )
 from ideaforge.cli.progress import progress
@@ -111,7 +111,7 @@ def run(
                              "after this many CPU-hours of trials (trial hours x env cpus) [default: no limit]")] = None,
     max_gpu_hours: Annotated[Optional[float], typer.Option(callback=bound(0, open_=True, unit="GPU-hours"), help="stop "
                              "after this many GPU-hours of trials (trial hours x env gpus) [default: no limit]")] = None,
-    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = Backend.local, ray_address: RayAddressOpt = None,
+    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
 ) -> int:
     """Run a research campaign: ideas -> edits -> trials -> search, in a new campaign directory."""
     from ideaforge.llm.choose import choose_model
@@ -125,8 +125,8 @@ def run(
                        confirm_top=confirm_top, confirm_seeds=confirm_seeds, model=chosen, samples=samples,
                        repairs=repairs, seed=seed, max_wall_s=max_wall, max_usd=max_usd, max_cpu_hours=max_cpu_hours,
                        max_gpu_hours=max_gpu_hours)
-    ex = make_executor(choice, spec)
     campaign = Campaign.create(dir or default_dir(mode, spec.name), spec, {"command": "run", "search": config_dict(cfg)})
+    ex = make_executor(choice, campaign)
     if chosen is None:
         say("no model configured (no --model, no ANTHROPIC_API_KEY or OPENAI_API_KEY): using the offline "
             "ideators (the environment's idea catalogue and numeric-setting moves), which need no key.")
@@ -140,7 +140,7 @@ def run(
 @app.command()
 def resume(
     dir: Annotated[Path, typer.Argument(metavar="DIR", help="a campaign directory made by `ideaforge run`")],
-    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = Backend.local, ray_address: RayAddressOpt = None,
+    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
 ) -> int:
     """Continue a stopped or crashed campaign (Ctrl-C, a crash, kill -9): finished trials are collected, live
     ones re-attached, the rest re-queued; no idea is asked for twice. Give --executor ray again for Ray."""
@@ -160,7 +160,7 @@ def resume(
     if campaign.env_changed():
         say("note: the environment's files changed since the campaign started; trials keep using the snapshot")
     say(f"resuming {campaign.root}")
-    return run_search(campaign, cfg, make_executor(choice, campaign.spec))
+    return run_search(campaign, cfg, make_executor(choice, campaign))
 
 
 def summarize(values: list[float]) -> str:
@@ -178,20 +178,18 @@ def baseline(
     budget: Annotated[Optional[float], typer.Option(callback=bound(0, open_=True, unit="seconds"), help=BUDGET_HELP)] = None,
     dir: Annotated[Optional[Path], typer.Option("--dir", help=DIR_HELP.format(kind="baseline"))] = None,
     resume: Annotated[Optional[Path], typer.Option(metavar="DIR", help="finish an interrupted baseline campaign")] = None,
-    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = Backend.local, ray_address: RayAddressOpt = None,
+    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
 ) -> int:
     """Measure the baseline over several seeds: the noise floor (mean ± std) ideas must beat."""
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
     if bool(env) == bool(resume):
         raise typer.BadParameter("give ENV, or --resume DIR (not both)", param_hint="ENV")
-    ex = None
     if resume:
         campaign = Campaign.open(resume)
         spec = campaign.spec
     else:
         spec = load_env(env)
         budget_s = budget or spec.budget_s
-        ex = make_executor(choice, spec)
         campaign = Campaign.create(dir or default_dir("baseline", spec.name), spec,
                                    {"command": "baseline", "seeds": seeds, "budget_s": budget_s})
         with campaign.store.tx():
@@ -199,7 +197,7 @@ def baseline(
                 campaign.store.add_trial("baseline", seed=s, budget_s=budget_s)
         say(f"campaign {campaign.root}: {seeds} baseline trials of {spec.name}, {budget_s:.0f} s each")
     trials = campaign.store.trials(role="baseline")
-    ex = ex or make_executor(choice, spec)
+    ex = make_executor(choice, campaign)
     run_trials(campaign, ex, len(trials), trials[0]["budget_s"] if trials else spec.budget_s,
                f"ideaforge baseline --resume {campaign.root}")
     trials = campaign.store.trials(role="baseline")
