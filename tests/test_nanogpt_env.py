@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from fakes.steps import by_steps
-
 from ideaforge.envs import load_env
 
 torch = pytest.importorskip("torch")
@@ -65,6 +63,8 @@ def test_env_loads_and_splits_files(env):
 
 @pytest.mark.slow
 def test_baseline_trains_and_scores(env, tmp_path):
+    from fakes.steps import by_steps
+
     # 60 steps, not 10 s of the clock: the loss threshold must hold on a loaded machine too.
     steps = by_steps((env.root / "train.py").read_text(), 60)
     res = train_and_evaluate(env, tmp_path, budget_s=300, train_source=steps)

@@ -43,7 +43,7 @@ def status_lines(store: Store, env: str, metric: str, goal: str, cpus: int, gpus
                    f"{_fmt(best):>10} {_fmt(mean):>10}  " + (", ".join(f"{k} {v}" for k, v in sorted(fails.items())) or "-"))
     hours = store.trial_hours()
     out += ["", f"spend: ${store.llm_spend():.2f} on model calls, {hours * cpus:.2f} CPU-h, {hours * gpus:.2f} GPU-h "
-                f"of trials, {_wall(store.get_meta('elapsed_s', 0.0))} wall"]
+                f"of trials, {store.get_meta('elapsed_s', 0.0) / 60:.1f} min wall"]
     if store.get_meta("stopped"):
         out.append(f"stopped early: {store.get_meta('stopped')}")
     return out
@@ -88,7 +88,3 @@ def show_idea(store: Store, metric: str, idea_id: int, say: Callable[[str], None
             if t["curve"]:
                 say(f"  learning curve: {len(t['curve'])} points, last {json.dumps(t['curve'][-1])}")
     return True
-
-
-def _wall(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
