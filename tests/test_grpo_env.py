@@ -151,6 +151,7 @@ def test_other_vocabulary_is_invalid(prepared, tmp_path):
     assert res["status"] == "invalid" and "vocabulary" in res["reason"]
 
 
+@pytest.mark.slow
 def test_no_checkpoint_is_no_result(tmp_path):
     out = tmp_path / "out"
     out.mkdir()

@@ -22,6 +22,7 @@ import pytest
 # read when ray is imported, and the controllers it starts) then send ~/.ray/auth_token.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a Ray cluster takes ~10 s to start; the module ~1 min on 2 cores
 
 from fakes.toyenv import make_toy_env  # noqa: E402
 from ideaforge.envs import load_env  # noqa: E402

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from fakes.llm_server import FakeLLMServer
+from fakes.steps import nanogpt_by_steps
 from ideaforge.envs import load_env
 from ideaforge.execute.local import LocalExecutor
 from ideaforge.ideate import offline_ideator
@@ -218,9 +219,12 @@ class ScriptedResearcher:
 def test_scripted_model_campaign_on_nanogpt_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "test")
     model = ScriptedResearcher()
-    spec = load_env("nanogpt-cpu")
+    # Trained by steps, not by the clock, so the scores do not depend on the machine's load (the
+    # 60 s budget is only the time limit). At 15 steps the fast start beats the baseline, still in
+    # its warmup, by ~0.17 nats (3.39 vs 3.56, measured); by 25 steps the baseline has overtaken it.
+    spec = load_env(nanogpt_by_steps(tmp_path / "env", steps=15))
     with FakeLLMServer(model) as srv:
-        cfg = SearchConfig(epochs=3, ideas=2, budget_s=10, baseline_seeds=2, confirm_top=1, confirm_seeds=2,
+        cfg = SearchConfig(epochs=3, ideas=2, budget_s=60, baseline_seeds=2, confirm_top=1, confirm_seeds=2,
                            model=f"openai-compatible:fake@{srv.openai_url}", samples=1, repairs=1, smoke=False)
         cfg.ideas = 3  # epoch 0 asks for 3 ideas; later epochs split 3 into exploit/explore
         campaign = Campaign.create(tmp_path / "camp", spec, {"command": "run", "search": cfg.__dict__})
@@ -241,7 +245,7 @@ def test_scripted_model_campaign_on_nanogpt_cpu(tmp_path, monkeypatch):
     assert len(model.prompts["exploit"]) == 2
     for p in model.prompts["exploit"]:
         shown = p.split("# Results so far")[1].split("# Your task")[0]
-        assert "Fast start" in shown and re.search(r"val_loss\D{0,20}3\.\d{3}", shown), shown
+        assert "Fast start" in shown and re.search(r"val_loss\D{0,20}\d\.\d{3}", shown), shown
         assert "Attention without mask" not in shown  # only ideas that beat the baseline are parents
     # Explore prompts carry a sample of history with scores and failures.
     assert any("invalid" in p or "implement_failed" in p or "failed" in p for p in model.prompts["explore"])

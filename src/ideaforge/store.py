@@ -308,6 +308,12 @@ class Store:
     def llm_spend(self) -> float:
         return float(self.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()[0])
 
+    def llm_totals(self) -> dict[str, float]:
+        """Model calls so far: {"calls", "cost_usd", "input_tokens", "output_tokens"}."""
+        row = self.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM(input_tokens), 0), "
+                           "COALESCE(SUM(output_tokens), 0) FROM llm_calls").fetchone()
+        return {"calls": row[0], "cost_usd": float(row[1]), "input_tokens": row[2], "output_tokens": row[3]}
+
 
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on error (autocommit connection otherwise)."""

@@ -54,7 +54,8 @@ def show_idea(store: Store, metric: str, idea_id: int, say: Callable[[str], None
     ideas = {i["id"]: i for i in store.ideas()}
     idea = ideas.get(idea_id)
     if idea is None:
-        say(f"no idea {idea_id} in {store.root}; ideas are numbered 1..{max(ideas) if ideas else 0}")
+        say(f"no idea {idea_id} in {store.root}; " + (f"its ideas are numbered {min(ideas)}..{max(ideas)}"
+                                                       if ideas else "it has no ideas yet"))
         return False
     say(f"idea {idea['id']} (epoch {idea['epoch']}, {idea['kind']}, {idea['status']}): {idea['title']}")
     if idea["parents"]:
@@ -80,9 +81,10 @@ def show_idea(store: Store, metric: str, idea_id: int, say: Callable[[str], None
             say(f"trial {t['id']} ({t['role']}, seed {t['seed']}): {value}")
             if t["outcome"] not in (None, "evaluated"):
                 say("  " + (t["reason"] or "").replace("\n", "\n  "))
-                log = log_tail(store.trial_dir(t["id"]) / "train.err", 10)
-                if log:
-                    say("  stderr tail:\n    " + log.replace("\n", "\n    "))
+            for name in ("train.out", "train.err", "eval.err"):  # the log tails, for every trial that ran
+                log = log_tail(store.trial_dir(t["id"]) / name, 10 if t["outcome"] == "evaluated" else 20)
+                if log.strip():
+                    say(f"  {name} (last lines):\n    " + log.replace("\n", "\n    "))
             if t["curve"]:
                 say(f"  learning curve: {len(t['curve'])} points, last {json.dumps(t['curve'][-1])}")
     return True

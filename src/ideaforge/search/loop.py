@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from ideaforge.envs.workspace import read_files
 from ideaforge.ideate import Context, Idea, ScoredIdea, dedup
 from ideaforge.implement.implementer import Implementation, Implementer
+from ideaforge.search.assemble import record_implementation
 from ideaforge.search.campaign import Campaign, Progress, TrialRunner
 from ideaforge.search.judge import Stats, beats, leaderboard
 
@@ -219,12 +220,7 @@ class Search:
             self.executor.wake()  # the pump sleeps on the executor's queue
 
     def _record(self, idea: dict, result: Implementation) -> None:
-        with self.store.tx():  # implementation, status and trial together: a crash leaves none or all
-            impl_id = self.store.add_implementation(idea["id"], result.ok, result.diff, result.files,
-                                                    result.attempts_json(), result.error)
-            self.store.set_idea_status(idea["id"], "implemented" if result.ok else "implement_failed")
-            if result.ok:
-                self.store.add_trial("candidate", seed=0, budget_s=self.budget_s, implementation_id=impl_id)
+        record_implementation(self.store, idea["id"], result, self.budget_s)  # one transaction
         self.emit("implemented", {"idea": idea["id"], "title": idea["title"], "ok": result.ok,
                                   "error": result.error, "attempts": len(result.attempts)})
 
@@ -238,6 +234,7 @@ class Search:
                 return
             for fin in self.executor.wait():
                 self.runner.handle(fin)
+            self._save_elapsed()  # so `ideaforge status` shows the wall time of a running campaign
 
     def drain(self) -> None:
         self._pump([])

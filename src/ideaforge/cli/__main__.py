@@ -1,0 +1,5 @@
+import sys
+
+from ideaforge.cli import main
+
+sys.exit(main())

@@ -1,0 +1,100 @@
+"""Putting a campaign's parts together from its settings, for the command line and for scripts.
+
+Everything here used to live in the CLI: the smoke check that joins `execute` to
+`implement`, the ideator choice, the one way an implementation is recorded (shared with
+the loop), the single-idea path of `ideaforge implement`, and the arithmetic of what a
+campaign will cost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from ideaforge.envs.spec import EnvSpec
+from ideaforge.envs.workspace import read_files
+from ideaforge.implement.implementer import Implementation, Implementer
+from ideaforge.search.campaign import Campaign, Progress
+from ideaforge.store import Store
+
+if TYPE_CHECKING:  # the loop imports this module (record_implementation); import it back lazily
+    from ideaforge.search.loop import Search, SearchConfig
+
+Smoke = Callable[[dict[str, "str | None"]], "str | None"]  # changed files -> None (ok) or the failure text
+
+
+def smoke_checker(spec: EnvSpec, source: Path, prepared: Path | None) -> Smoke:
+    """The implementer's check: a few steps of the edited code; None when it ran, else the log tail."""
+    from ideaforge.execute.smoke import run_smoke
+
+    def check(changes: dict[str, str | None]) -> str | None:
+        result = run_smoke(spec, source, changes, prepared)
+        return None if result.ok else result.message
+    return check
+
+
+def build_search(campaign: Campaign, cfg: "SearchConfig", executor, on_event: Progress | None = None,
+                 log: Callable[[str], None] = print) -> "Search":
+    """The search for `cfg`: the model ideator and a smoke check with a model, the offline ideators without."""
+    from ideaforge.ideate import ModelIdeator, offline_ideator
+    from ideaforge.search.loop import Search
+
+    spec = campaign.spec
+    ideator = ModelIdeator(cfg.model, recorder=campaign.store.add_llm_call) if cfg.model else offline_ideator(spec)
+    smoke = smoke_checker(spec, campaign.store.env_dir, campaign.prepared(log=log)) if cfg.model else None
+    return Search(campaign, executor, ideator, cfg, on_event=on_event, smoke=smoke)
+
+
+def record_implementation(store: Store, idea_id: int, result: Implementation, budget_s: float | None) -> int:
+    """Store an implementation, the idea's new status and (when it worked and `budget_s` is given)
+    its candidate trial, in one transaction: a crash leaves none or all. Returns the implementation id."""
+    with store.tx():
+        impl_id = store.add_implementation(idea_id, result.ok, result.diff, result.files,
+                                           result.attempts_json(), result.error)
+        store.set_idea_status(idea_id, "implemented" if result.ok else "implement_failed")
+        if result.ok and budget_s is not None:
+            store.add_trial("candidate", seed=0, budget_s=budget_s, implementation_id=impl_id)
+    return impl_id
+
+
+@dataclass(frozen=True)
+class SingleResult:
+    idea_id: int
+    implementation_id: int
+    result: Implementation
+
+
+def implement_one(campaign: Campaign, idea: str, model: str, *, samples: int, repairs: int,
+                  thinking_budget: int | None = None, smoke: bool = True, budget_s: float | None = None,
+                  log: Callable[[str], None] = print) -> SingleResult:
+    """`ideaforge implement`: one idea from a user, implemented and recorded as the loop records its own.
+
+    With `budget_s`, a working implementation also queues its trial (run it with a TrialRunner).
+    """
+    spec, store = campaign.spec, campaign.store
+    check = smoke_checker(spec, store.env_dir, campaign.prepared(log=log)) if smoke else None
+    impl = Implementer(spec, read_files(spec, store.env_dir), model, samples=samples, repairs=repairs, smoke=check,
+                       recorder=store.add_llm_call, thinking_budget=thinking_budget)
+    text = idea.strip()
+    idea_id = store.add_idea(0, "manual", text.splitlines()[0][:120], text, origin={"source": "cli"})
+    result = impl.implement(text)
+    return SingleResult(idea_id, record_implementation(store, idea_id, result, budget_s), result)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a campaign will run: trials, and the wall time they take if every slot stays busy."""
+    trials: int          # baseline seeds + one trial per idea + the confirmation re-runs
+    budget_s: float      # training seconds per trial
+    slots: int           # trials at once
+    wall_s: float        # trials x budget / slots: training time only (evaluation and ideation add to it)
+
+
+def plan(cfg: "SearchConfig", spec_budget_s: float, slots: int) -> Plan:
+    budget = cfg.budget_s or spec_budget_s
+    confirmed = min(cfg.confirm_top, cfg.epochs * cfg.ideas)
+    trials = cfg.baseline_seeds + cfg.epochs * cfg.ideas + confirmed * max(0, cfg.confirm_seeds - 1)
+    slots = max(1, slots)
+    waves = -(-trials // slots)  # ceil: a wave of `slots` trials takes one budget
+    return Plan(trials, budget, slots, waves * budget)
