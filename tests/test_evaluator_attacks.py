@@ -25,7 +25,7 @@ from ideaforge.envs import load_env
 from ideaforge.store import Store
 
 pytest.importorskip("torch")
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # grpo-cpu's one-time [prepare] takes minutes under load
 
 NANO = load_env("nanogpt-cpu")
 GRPO = load_env("grpo-cpu")
@@ -154,7 +154,8 @@ def _tree_digest(root: Path) -> str:
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("ideaforge-cache")
+    """grpo-cpu's [prepare] output is cached here: IDEAFORGE_CACHE when set, else once per module."""
+    return Path(os.environ["IDEAFORGE_CACHE"]) if os.environ.get("IDEAFORGE_CACHE") else tmp_path_factory.mktemp("cache")
 
 
 def implement_run(env, reply: str, tmp_path: Path, cache: Path, budget: float = 3) -> tuple[int, dict | None, str]:

@@ -19,6 +19,7 @@ pytest.importorskip("torch")
 
 ENV = load_env("grpo-cpu")
 THREADS = "2"
+pytestmark = pytest.mark.timeout(1800)  # the session's [prepare] (450 SFT steps) is timed in the first test using it
 
 
 def _copy(rels, src: Path, dst: Path) -> Path:
@@ -60,7 +61,12 @@ def _evaluate(tmp: Path, ws: Path, out: Path, prepared: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def prepared(tmp_path_factory) -> Path:
-    """Run [prepare] once, as the executor does: cwd holds the env files, output into IDEAFORGE_PREPARED."""
+    """Run [prepare] once, as the executor does: cwd holds the env files, output into IDEAFORGE_PREPARED.
+    With IDEAFORGE_CACHE set, the executor's own cached step is used (minutes on a loaded machine)."""
+    if os.environ.get("IDEAFORGE_CACHE"):
+        from ideaforge.envs.workspace import ensure_prepared
+
+        return ensure_prepared(ENV, log=lambda *a: None)
     src = _copy(ENV.editable_files + ENV.visible_files + ENV.hidden_files, ENV.root, tmp_path_factory.mktemp("grpo-src"))
     out = tmp_path_factory.mktemp("grpo-prepared")
     _run(ENV.prepare_command, src, ENV.prepare_timeout_s, IDEAFORGE_PREPARED=out)

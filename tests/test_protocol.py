@@ -148,3 +148,55 @@ def test_pickle_never_travels():
         encode_array({}, np.array([object()]))
     header = json.loads(encode_array({}, IDS)[protocol._FRAME.size:][:40].split(b"}")[0] + b"}")
     assert header["dtype"] == "<i8" and header["shape"] == [2, 3]
+
+
+# -- the harness: both halves through the real worker -----------------------------------------------
+TOY_TRAIN = """
+import json, os, sys, time
+out = os.environ["IDEAFORGE_OUT"]
+if sys.argv[1:] == ["serve"]:  # the model server: never answers
+    open(os.path.join(out, "serve.pid"), "w").write(str(os.getpid()))
+    time.sleep(1000)
+json.dump({"score": 1.0}, open(os.path.join(out, "ckpt.json"), "w"))
+"""
+TOY_SCORER = """
+import json, os
+from ideaforge.envs.protocol import ModelClient
+assert "IDEAFORGE_MODEL_FDS" in os.environ
+client = ModelClient.from_env(load_timeout_s=1000)
+client.info()  # waits for a hello that never comes: the evaluator timeout ends both halves
+"""
+
+
+def test_worker_runs_split_halves_and_kills_the_server_at_the_timeout(tmp_path):
+    import time
+
+    from fakes.toyenv import make_toy_env
+    from ideaforge.envs import load_env
+    from ideaforge.execute.local import LocalExecutor
+    from ideaforge.search.campaign import Campaign, TrialRunner
+
+    env = make_toy_env(tmp_path / "env", TOY_TRAIN)
+    (env / "evaluate.py").write_text(TOY_SCORER)
+    toml = (env / "ideaforge.toml").read_text()
+    (env / "ideaforge.toml").write_text(toml.replace(
+        '[evaluate]\ncommand = "python evaluate.py"\ntimeout_s = 30',
+        '[evaluate]\ncommand = "python evaluate.py"\nserve = "python train.py serve"\ntimeout_s = 3'))
+    spec = load_env(env)
+    assert spec.evaluate_serve == "python train.py serve"
+    camp = Campaign.create(tmp_path / "camp", spec)
+    tid = camp.store.add_trial("candidate", seed=0, budget_s=spec.budget_s)
+    with LocalExecutor(slots=1) as ex:
+        TrialRunner(camp, ex).drain()
+    t = camp.store.trial(tid)
+    assert t["outcome"] == "no_result" and "timeout" in t["reason"], t["reason"]
+    tdir = camp.store.trial_dir(tid)
+    pid = int((tdir / "out" / "serve.pid").read_text())
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                break
+        time.sleep(0.05)
+    else:
+        assert not os.path.exists(f"/proc/{pid}"), "the model server outlived the evaluation"
