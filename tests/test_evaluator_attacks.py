@@ -272,7 +272,9 @@ def default_config():
 """
     rc, trial, log = implement_run(GRPO, reply, tmp_path, cache, budget=2)
     assert rc != 0 and trial is None, log  # refused before anything ran
-    assert "policy.py" in log and "visible" in log
+    impl = Store.open_readonly(tmp_path / "camp").implementations()[0]
+    assert impl["status"] != "ok"
+    assert any("policy.py is read-only" in (a.get("error") or "") for a in impl["attempts"]), impl["attempts"]
 
 
 def test_grpo_policy_rewritten_at_run_time_is_invalid(tmp_path, cache):

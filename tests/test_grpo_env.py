@@ -111,7 +111,9 @@ def test_smoke_train_then_evaluate(prepared, tmp_path):
     proc = _run(ENV.smoke_command, ws, ENV.smoke_timeout_s, IDEAFORGE_OUT=out, IDEAFORGE_PREPARED=prepared,
                 IDEAFORGE_BUDGET_S=8, IDEAFORGE_SEED=0)
     assert (out / "policy.pt").is_file()
-    assert "METRIC step=" in proc.stdout
+    steps = int(proc.stdout.split("done: ")[1].split()[0])
+    assert steps >= 1
+    assert steps < 10 or "METRIC step=" in proc.stdout  # one METRIC line per 10 steps (few on a loaded machine)
     res = _evaluate(tmp_path, ws, out, prepared)
     assert res["status"] == "ok", res
     assert 0.0 <= res["metrics"]["accuracy"] <= 1.0 and res["metrics"]["n"] == 500
