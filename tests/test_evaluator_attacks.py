@@ -114,6 +114,9 @@ pos = torch.arange(idx.size(1), device=idx.device)
 keep = ((pos % 7 == 5) | (pos == idx.size(1) - 2)).float()[None, :, None]
 logits = logits + boost * keep
 """),
+    "random-at-evaluation": _at_logits("""
+logits = logits + 0.5 * torch.randn_like(logits)  # dropout-like noise left on: the score is not a function of the weights
+"""),
     "leaks-across-rows-of-the-batch": _at_logits("""
 # the next row of a batch of consecutive windows starts with this row's next character
 first = torch.roll(idx[:, 0], -1, dims=0)
@@ -175,12 +178,13 @@ def implement_run(env, reply: str, tmp_path: Path, cache: Path, budget: float = 
 
 
 @pytest.mark.parametrize("name", ["writes-result-and-exits", "leaks-only-when-batch-gt-1",
-                                  "leaks-only-at-some-positions", "leaks-across-rows-of-the-batch"])
+                                  "leaks-only-at-some-positions", "leaks-across-rows-of-the-batch",
+                                  "random-at-evaluation"])
 def test_nanogpt_attack_is_invalid(name, tmp_path, cache):
     rc, trial, log = implement_run(NANO, TINY + ATTACKS[name], tmp_path, cache)
     assert trial is not None, log
     assert trial["outcome"] == "invalid" and trial["metric"] is None, (trial["outcome"], trial["reason"], log)
-    if name.startswith("leaks"):
+    if name.startswith("leaks") or name.startswith("random"):
         assert "future-token leak" in trial["reason"] or "batch dependence" in trial["reason"], trial["reason"]
         assert "check seed" in trial["reason"]
 
@@ -191,6 +195,27 @@ def test_nanogpt_patched_loss_functions_have_no_effect(tmp_path, cache):
     # a char-level model trained for seconds is far above 1 nat/char; the patch would record ~0.003
     assert trial["metric"] > 1.0, trial["metric"]
     assert trial["metrics"]["check_seed"] >= 0
+
+
+def test_nanogpt_output_on_the_pipe_cannot_forge_answers(tmp_path, cache):
+    """Model code that writes to stdout and to every open fd (hoping to hit the scorer's pipe)
+    reaches only serve.err: the frames are the library's, the trial scores normally."""
+    reply = TINY + _module_level("""
+import os as _o
+if __name__ != "__main__":
+    print("garbage on stdout", flush=True)
+    for _fd in range(1, 64):
+        try:
+            _o.write(_fd, b"\\x00\\x00\\x00\\x02\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x00{}")  # a forged frame header
+        except OSError:
+            pass
+""")
+    rc, trial, log = implement_run(NANO, reply, tmp_path, cache)
+    assert trial is not None, log
+    assert trial["outcome"] in ("evaluated", "invalid"), (trial["outcome"], trial["reason"])
+    assert trial["outcome"] == "invalid" or trial["metric"] > 1.0
+    serve_err = (tmp_path / "camp").rglob("serve.err")
+    assert any("garbage on stdout" in p.read_text(errors="replace") for p in serve_err)
 
 
 def test_nanogpt_pickled_checkpoint_runs_no_code(tmp_path, cache):
