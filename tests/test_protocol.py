@@ -101,7 +101,7 @@ def test_nondeterministic_model_is_caught():
 
 
 # -- the wire ---------------------------------------------------------------------------------
-def hostile(frames: list[bytes], read_request: bool = True):
+def hostile(frames: list[bytes], read_request: bool = True, timeout_s: float = 10.0):
     """A client connected to a thread that says hello, reads one request, then sends `frames`."""
     req_r, req_w = os.pipe()
     resp_r, resp_w = os.pipe()
@@ -114,7 +114,7 @@ def hostile(frames: list[bytes], read_request: bool = True):
             os.write(resp_w, f)
 
     threading.Thread(target=server, daemon=True).start()
-    return ModelClient(resp_r, req_w, timeout_s=1.0, load_timeout_s=5.0)
+    return ModelClient(resp_r, req_w, timeout_s=timeout_s, load_timeout_s=10.0)
 
 
 IDS = np.zeros((2, 3), dtype=np.int64)
@@ -138,7 +138,8 @@ def test_valid_answer_round_trips():
     (lambda: b"", "time limit"),
 ])
 def test_malformed_or_missing_answers_are_invalid(frame, match):
-    client = hostile([frame()])
+    client = hostile([frame()], timeout_s=0.5 if match == "time limit" else 10.0)
+    client.info()
     with pytest.raises(ModelInvalid, match=match):
         client.logits(IDS, 5)
 
