@@ -18,6 +18,7 @@ import pytest
 from ideaforge.edit.apply import apply_edits
 from ideaforge.edit.parse import parse_reply
 from ideaforge.envs import load_env
+from ideaforge.envs.protocol import run_split
 from ideaforge.errors import EditRefused
 
 torch = pytest.importorskip("torch")
@@ -156,9 +157,10 @@ def test_smoke_all_ideas_train_and_evaluate(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert (out / "ckpt.pt").is_file()
     result = tmp_path / "result.json"
-    r = subprocess.run([sys.executable, "evaluate.py"], cwd=ev, capture_output=True, text=True, timeout=120,
-                       env={**env, "IDEAFORGE_WORKSPACE": str(ws), "IDEAFORGE_RESULT": str(result)})
-    assert r.returncode == 0, r.stdout + r.stderr
+    with open(tmp_path / "serve.err", "wb") as serve_err:  # the split evaluator, as the harness runs it
+        rc = run_split(ENV.evaluate_serve, f"{sys.executable} evaluate.py", serve_cwd=ws, scorer_cwd=ev,
+                       env={**env, "IDEAFORGE_RESULT": str(result)}, timeout_s=240, serve_err=serve_err)
+    assert rc == 0, (tmp_path / "serve.err").read_text()
     res = json.loads(result.read_text())
     assert res["status"] == "ok", res
     assert math.isfinite(res["metrics"]["val_loss"])

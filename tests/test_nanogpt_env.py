@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ideaforge.envs import load_env
+from ideaforge.envs.protocol import run_split
 
 torch = pytest.importorskip("torch")
 
@@ -28,7 +29,7 @@ def train_and_evaluate(env, tmp_path: Path, budget_s: float, train_source: str |
     """Run train.py in a fresh workspace, then evaluate.py in a separate directory; return the result JSON."""
     ws, ev, out = tmp_path / "ws", tmp_path / "ev", tmp_path / "out"
     ws.mkdir()
-    out.mkdir()
+    out.mkdir(exist_ok=True)  # a test may have put a checkpoint there
     (ws / "train.py").write_text(train_source if train_source is not None else (env.root / "train.py").read_text())
     (ws / "data").symlink_to(env.root / "data")
     for rel in env.hidden_files:
@@ -43,9 +44,10 @@ def train_and_evaluate(env, tmp_path: Path, budget_s: float, train_source: str |
         assert r.returncode == 0, r.stdout + r.stderr
         assert (out / "ckpt.pt").is_file()
     result = tmp_path / "result.json"
-    r = subprocess.run([sys.executable, "evaluate.py"], cwd=ev, capture_output=True, text=True, timeout=120,
-                       env={**base, "IDEAFORGE_WORKSPACE": str(ws), "IDEAFORGE_RESULT": str(result)})
-    assert r.returncode == 0, r.stdout + r.stderr
+    with open(tmp_path / "serve.err", "wb") as serve_err:
+        rc = run_split(env.evaluate_serve, f"{sys.executable} evaluate.py", serve_cwd=ws, scorer_cwd=ev,
+                       env={**base, "IDEAFORGE_RESULT": str(result)}, timeout_s=240, serve_err=serve_err)
+    assert rc == 0, (tmp_path / "serve.err").read_text()
     return json.loads(result.read_text())
 
 
@@ -69,6 +71,10 @@ def test_baseline_trains_and_scores(env, tmp_path):
     steps = by_steps((env.root / "train.py").read_text(), 60)
     res = train_and_evaluate(env, tmp_path, budget_s=300, train_source=steps)
     assert res["status"] == "ok", res
+    # checked at the scoring batch size, every position of the sampled windows, seed drawn and recorded
+    checks = res["checks"]
+    assert checks["batch_size"] == 8192 // 128 and checks["positions_checked"] == 128 * len(checks["checked_windows"])
+    assert res["metrics"]["check_seed"] == checks["check_seed"]
     loss = res["metrics"]["val_loss"]
     assert math.isfinite(loss) and loss < 0.95 * math.log(_vocab_size(env)), res
     assert res["metrics"]["params"] > 100_000 and res["metrics"]["eval_tokens"] > 50_000
@@ -86,3 +92,34 @@ def test_future_token_leak_is_invalid(env, tmp_path):
 def test_no_checkpoint_is_no_result(env, tmp_path):
     res = train_and_evaluate(env, tmp_path, budget_s=0, train=False)
     assert res["status"] == "no_result", res
+
+
+def _save_checkpoint(env, tmp_path, obj_fn) -> None:
+    """A checkpoint written without training: obj_fn(config, state_dict, vocab) -> what torch.save gets."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("nanogpt_train_for_test", env.root / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    vocab = mod.build_vocab((env.root / "data" / "train.txt").read_text(encoding="utf-8"))
+    config = dict(vocab_size=len(vocab), block_size=32, n_layer=1, n_head=2, n_embd=16)
+    (tmp_path / "out").mkdir()
+    torch.save(obj_fn(config, mod.build_model(config).state_dict(), vocab), tmp_path / "out" / "ckpt.pt")
+
+
+class _Boom:
+    def __reduce__(self):
+        return (os.system, ("touch pickled-code-ran",))
+
+
+def test_pickled_checkpoint_is_refused_and_runs_nothing(env, tmp_path):
+    _save_checkpoint(env, tmp_path, lambda c, sd, v: {"config": c, "state_dict": sd, "vocab": v, "x": _Boom()})
+    res = train_and_evaluate(env, tmp_path, budget_s=0, train=False)
+    assert res["status"] == "invalid" and "cannot load the model" in res["reason"], res
+    assert not list(tmp_path.rglob("pickled-code-ran"))
+
+
+def test_other_vocab_is_invalid(env, tmp_path):
+    _save_checkpoint(env, tmp_path, lambda c, sd, v: {"config": c, "state_dict": sd, "vocab": v[::-1]})
+    res = train_and_evaluate(env, tmp_path, budget_s=0, train=False)
+    assert res["status"] == "invalid" and "vocab" in res["reason"], res

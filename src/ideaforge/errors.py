@@ -2,6 +2,7 @@
 
     IdeaforgeError            anything ideaforge raises on purpose
     ├── EnvError              a malformed or broken environment (ideaforge.toml, missing files)
+    ├── ModelInvalid          inside a trusted scorer: the untrusted model half broke the protocol or a check
     ├── EditRefused           an edit that touches what it may not, or cannot be applied
     ├── ExecutionError        the executor could not run a trial at all (not a trial failure)
     ├── StoreError            the campaign database is missing, locked or from a newer version
@@ -19,6 +20,10 @@ class IdeaforgeError(Exception):
 
 class EnvError(IdeaforgeError):
     pass
+
+
+class ModelInvalid(IdeaforgeError):
+    """Raised by envs.protocol in a trusted scorer; the scorer turns it into an "invalid" result."""
 
 
 class EditRefused(IdeaforgeError):

@@ -36,7 +36,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool, object]]] = {
         "budget_s": ((int, float), True, None),
         "timeout_s": ((int, float), False, None),
     },
-    "evaluate": {"command": (str, True, None), "timeout_s": ((int, float), False, 300)},
+    "evaluate": {"command": (str, True, None), "timeout_s": ((int, float), False, 300), "serve": (str, False, None)},
     "smoke": {
         "command": (str, False, None),
         "budget_s": ((int, float), False, 3),
@@ -76,6 +76,7 @@ class EnvSpec:
     smoke_timeout_s: float = 120.0
     prepare_command: str | None = None
     prepare_timeout_s: float = 600.0
+    evaluate_serve: str | None = None  # untrusted model server of a split evaluator (envs/protocol.py)
     rules: tuple[str, ...] = ()
     files: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
 
@@ -264,6 +265,7 @@ def load_env(name_or_path: str | Path) -> EnvSpec:
         timeout_s=timeout,
         evaluate_command=vals["evaluate.command"],
         evaluate_timeout_s=float(vals["evaluate.timeout_s"]),
+        evaluate_serve=vals["evaluate.serve"],
         metric=vals["metric.name"],
         goal=goal,
         cpus=vals["resources.cpus"],

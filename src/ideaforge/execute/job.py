@@ -38,6 +38,7 @@ class Job:
     prepared: str | None = None  # cached [prepare] output, if any
     memory_gb: float | None = None
     role: str = "candidate"
+    evaluate_serve: str | None = None  # split evaluator: the untrusted model server's command (envs/protocol.py)
 
     @classmethod
     def load(cls, trial_dir: Path) -> "Job":

@@ -243,11 +243,16 @@ def _evaluate(job: Job, trial_dir: Path, env: dict[str, str]) -> dict:
     eval_dir.mkdir()
     copy_hidden_from_snapshot(job, eval_dir)
     result_path = eval_dir / f"result-{os.urandom(8).hex()}.json"  # unguessable, created only now
-    env = dict(env, IDEAFORGE_WORKSPACE=str(trial_dir / "work"), IDEAFORGE_RESULT=str(result_path))
-    rc, timed_out, secs = run_group(job.evaluate_command, eval_dir, env, job.evaluate_timeout_s,
-                                    trial_dir / "eval", job.memory_gb)
+    scorer_env = dict(env, IDEAFORGE_WORKSPACE=str(trial_dir / "work"), IDEAFORGE_RESULT=str(result_path))
+    if job.evaluate_serve:  # split evaluator: the edited code runs only in the (jailed) model server
+        rc, timed_out, secs = _run_split(job, trial_dir, eval_dir, env, scorer_env)
+    else:
+        rc, timed_out, secs = run_group(job.evaluate_command, eval_dir, scorer_env, job.evaluate_timeout_s,
+                                        trial_dir / "eval", job.memory_gb)
     rec: dict = {"eval_s": round(secs, 3)}
     log = tail(trial_dir / "eval.err", 20)
+    if job.evaluate_serve:
+        log += "\n-- model server (serve.err) --\n" + tail(trial_dir / "serve.err", 20)
     if timed_out:
         return rec | {"outcome": "no_result", "reason": f"the evaluator exceeded its {job.evaluate_timeout_s:.0f} s timeout"}
     try:
@@ -255,6 +260,59 @@ def _evaluate(job: Job, trial_dir: Path, env: dict[str, str]) -> dict:
     except (OSError, ValueError) as e:
         return rec | {"outcome": "no_result", "reason": f"the evaluator exited {rc} without a readable result ({e.__class__.__name__})\n{log}"}
     return rec | _interpret(result, job.metric)
+
+
+def _untrusted_argv(argv: list[str], *, cwd: Path, readonly: dict[str, str], env: dict[str, str],
+                    gpu_ids: tuple[str, ...] = ()) -> list[str]:
+    """The argv that runs an untrusted command (the model server of a split evaluator).
+
+    TODO(lead, at merge): return jail_argv(argv, cwd=cwd, writable=(), readonly=readonly, env=env,
+    network=False, gpu_ids=gpu_ids) from execute/jail.py. Until then it runs unjailed, like training.
+    """
+    return argv
+
+
+def _run_split(job: Job, trial_dir: Path, eval_dir: Path, env: dict[str, str],
+               scorer_env: dict[str, str]) -> tuple[int | None, bool, float]:
+    """Start the model server (untrusted: the training workspace, IDEAFORGE_OUT readable,
+    stdin/stdout the pipes) and the trusted scorer (the eval dir with the hidden files,
+    the other pipe ends in IDEAFORGE_MODEL_FDS). Both die at the evaluator timeout, and the
+    server dies with the scorer in any case. Returns the scorer's (exit code, timed_out, seconds)."""
+    from ideaforge.envs.protocol import start_split
+
+    global _current
+    work = trial_dir / "work"
+    argv = _untrusted_argv(["/bin/sh", "-c", job.evaluate_serve], cwd=work, env=env,
+                           readonly={str(trial_dir / "out"): str(trial_dir / "out")},
+                           gpu_ids=tuple(env.get("CUDA_VISIBLE_DEVICES", "").split(",")) if job.gpus else ())
+    t0 = time.monotonic()
+    with open(trial_dir / "serve.err", "wb") as serr, open(trial_dir / "eval.out", "wb") as out, \
+            open(trial_dir / "eval.err", "wb") as err:
+        server, scorer = start_split(
+            argv, ["/bin/sh", "-c", job.evaluate_command],
+            serve_kw=dict(cwd=work, env=env, stderr=serr, start_new_session=True, preexec_fn=_limits(job.memory_gb)),
+            scorer_kw=dict(cwd=eval_dir, env=scorer_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                           start_new_session=True, preexec_fn=_limits(job.memory_gb)))
+        _current = scorer
+        rc = _wait(scorer, job.evaluate_timeout_s)
+        timed_out = rc is None
+        if timed_out:
+            _kill_tree(scorer, signal.SIGTERM)
+            try:
+                scorer.wait(timeout=GRACE_S)
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in (server, scorer):  # the server never outlives the evaluation
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        _kill_tree(scorer, signal.SIGKILL)
+        server.wait()
+        scorer.wait()
+        _reap()
+        _current = None
+    return rc, timed_out, time.monotonic() - t0
 
 
 def copy_hidden_from_snapshot(job: Job, dest: Path) -> None:

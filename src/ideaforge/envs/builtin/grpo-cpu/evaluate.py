@@ -1,7 +1,8 @@
 """Trusted evaluator for grpo-cpu (hidden from the models).
 
-Loads $IDEAFORGE_OUT/policy.pt ({"config", "state_dict"}), rebuilds the policy with
-build_model(config) from the trial's train.py, and measures accuracy on the 500 held-out
+Loads $IDEAFORGE_OUT/policy.pt ({"config", "state_dict"}) with torch.load(weights_only=True)
+(a pickled object is refused, no code in it runs) into the trusted, fixed policy class of
+policy.py, and measures accuracy on the 500 held-out
 problems in eval/heldout.jsonl (drawn with random.Random(20240611) from all 16,200
 two-digit "+"/"-" problems; prepare.py excludes them from the training set).
 
@@ -12,11 +13,11 @@ the fraction of the 500 * K_SAMPLES answers that are exactly the correct integer
 the end marker "." (anything else, malformed or not, scores 0).
 """
 
-import importlib.util
+import hashlib
 import json
 import math
 import os
-import sys
+import types
 
 import torch
 import torch.nn.functional as F
@@ -42,36 +43,52 @@ def grade(tokens, answer):
     return 1.0 if "." in text and text[: text.index(".")] == str(answer) else 0.0
 
 
+# No split evaluator is needed here (unlike nanogpt-cpu): the policy architecture is not
+# editable, so no edited code is ever imported. policy.py is visible, hence copied into the
+# workspace, where a trial could rewrite it at run time; it is executed only when its bytes
+# are exactly the pristine file's (tests/test_grpo_env.py keeps this digest in step).
+POLICY_SHA256 = "b5196530f93f3e5a7f599205ec66c4ced7cb9d9b5a9d811e7177947b71139083"
+
+
+def trusted_policy_module():
+    path = os.path.join(os.environ.get("IDEAFORGE_WORKSPACE", "."), "policy.py")
+    with open(path, "rb") as f:
+        source = f.read()  # read once, hashed and executed from memory: no swap between check and use
+    if hashlib.sha256(source).hexdigest() != POLICY_SHA256:
+        raise ValueError("policy.py in the workspace differs from the pristine policy (it is read-only)")
+    module = types.ModuleType("grpo_trusted_policy")
+    exec(compile(source, "policy.py", "exec"), module.__dict__)
+    return module
+
+
 def load_policy():
-    ws = os.environ.get("IDEAFORGE_WORKSPACE", ".")
-    spec = importlib.util.spec_from_file_location("trial_train", os.path.join(ws, "train.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, ws)
-    spec.loader.exec_module(mod)
-    ckpt = torch.load(os.path.join(os.environ["IDEAFORGE_OUT"], "policy.pt"), map_location="cpu", weights_only=False)
+    policy = trusted_policy_module()
+    path = os.path.join(os.environ["IDEAFORGE_OUT"], "policy.pt")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickled objects (code) are refused by the weights-only unpickler
+        raise ValueError(f"policy.pt is not a weights-only checkpoint ({type(e).__name__}: {str(e)[:300]})") from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError("policy.pt must be {\"config\": dict, \"state_dict\": dict}")
     config = ckpt["config"]
     if config.get("vocab") != VOCAB or config.get("vocab_size") != len(VOCAB):
         raise ValueError(f"checkpoint vocabulary {config.get('vocab')!r} differs from the evaluator's {VOCAB!r}")
-    model = mod.build_model(config)
-    model.load_state_dict(ckpt["state_dict"])
+    if config != policy.default_config():
+        raise ValueError(f"checkpoint config {config} is not the fixed policy's {policy.default_config()}")
+    model = policy.build_model(policy.default_config())
+    model.load_state_dict(ckpt["state_dict"])  # strict: every weight of the fixed class, nothing else
     return model.float().eval()
 
 
 def check_interface(model):
-    """Shape, finiteness and causality: logits at t must not change when tokens after t change."""
+    """Shape and finiteness of the fixed policy's logits (causal by construction)."""
     g = torch.Generator().manual_seed(0)
     T = PROMPT_LEN + MAX_NEW
-    a = torch.randint(len(VOCAB), (8, T), generator=g)
-    b = a.clone()
-    cut = PROMPT_LEN
-    b[:, cut:] = torch.randint(len(VOCAB), (8, T - cut), generator=g)
-    la, lb = model(a), model(b)
+    la = model(torch.randint(len(VOCAB), (8, T), generator=g))
     if tuple(la.shape) != (8, T, len(VOCAB)):
         return f"model(idx) returned shape {tuple(la.shape)}, expected {(8, T, len(VOCAB))}"
     if not torch.isfinite(la).all():
         return "model produces non-finite logits"
-    if not torch.allclose(la[:, :cut], lb[:, :cut], atol=1e-5, rtol=1e-4):
-        return f"logits before position {cut} change when later tokens change (future-token leak)"
     return None
 
 
@@ -83,7 +100,7 @@ def main():
     try:
         model = load_policy()
         problem = check_interface(model)
-    except Exception as e:  # a checkpoint that does not load into the trial's own model is invalid
+    except Exception as e:  # a checkpoint that does not load into the fixed policy is invalid
         return write({"status": "invalid", "reason": f"cannot load or run the policy: {type(e).__name__}: {e}"})
     if problem:
         return write({"status": "invalid", "reason": problem})

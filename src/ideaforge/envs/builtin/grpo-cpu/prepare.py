@@ -4,7 +4,7 @@ Writes into $IDEAFORGE_PREPARED:
   train.jsonl  the training problems: every "ab+cd=" / "ab-cd=" with two-digit operands
                (16,200 in all) EXCEPT the held-out evaluation problems, which it reads from
                the evaluator's hidden file eval/heldout.jsonl so the two sets are disjoint.
-  sft.pt       the starting policy {"config", "state_dict"}: the baseline model of train.py
+  sft.pt       the starting policy {"config", "state_dict"}: the fixed policy of policy.py
                trained by supervised fine-tuning, for a fixed number of steps, on one
                demonstration per training problem, about 30% of which have a wrong answer
                (off by 1, 2, 9, 10, 11 or 20; seeded).
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
-from train import PROMPT_LEN, END, build_model, default_config, encode  # noqa: E402
+from policy import PROMPT_LEN, END, build_model, default_config, encode  # noqa: E402
 
 SEED = 1234  # everything below is seeded from this
 NOISE = 0.30  # fraction of demonstrations with a wrong answer

@@ -11,7 +11,8 @@ and takes a policy-gradient step with a clipped importance ratio.
 
 Training problems are $IDEAFORGE_PREPARED/train.jsonl (the held-out evaluation problems
 are excluded from it). The final policy is saved to $IDEAFORGE_OUT/policy.pt as
-{"config": ..., "state_dict": ...}; the evaluator rebuilds it with build_model(config).
+{"config": ..., "state_dict": ...}; the evaluator loads these weights into its own copy of
+the fixed policy class of policy.py (which this file may use but not change).
 """
 
 import json
@@ -20,65 +21,11 @@ import random
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
-# ---------------------------------------------------------------- tokenizer (do not change)
-VOCAB = "0123456789+-=."  # one character per token; "." ends an answer
-STOI = {c: i for i, c in enumerate(VOCAB)}
-END = STOI["."]
-PROMPT_LEN = 6  # every prompt is "ab+cd=" or "ab-cd=": 6 tokens
-
-
-def encode(s):
-    return [STOI[c] for c in s]
-
-
-def decode(ids):
-    return "".join(VOCAB[i] for i in ids)
-
-
-# ---------------------------------------------------------------- policy (interface: model(idx) -> logits [B, T, V])
-class Block(nn.Module):
-    def __init__(self, d, n_head):
-        super().__init__()
-        self.n_head = n_head
-        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
-        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
-
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
-        return x + self.mlp(self.ln2(x))
-
-
-class GPT(nn.Module):
-    def __init__(self, config):
-        super().__init__()
-        d = config["n_embd"]
-        self.tok = nn.Embedding(config["vocab_size"], d)
-        self.pos = nn.Embedding(config["block_size"], d)
-        self.blocks = nn.ModuleList(Block(d, config["n_head"]) for _ in range(config["n_layer"]))
-        self.ln_f = nn.LayerNorm(d)
-        self.head = nn.Linear(d, config["vocab_size"], bias=False)
-
-    def forward(self, idx):
-        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
-        for block in self.blocks:
-            x = block(x)
-        return self.head(self.ln_f(x))
-
-
-def default_config():
-    return {"vocab": VOCAB, "vocab_size": len(VOCAB), "block_size": 16, "n_layer": 3, "n_head": 4, "n_embd": 80}
-
-
-def build_model(config):
-    return GPT(config)
+# The tokenizer and the policy architecture are fixed and live in policy.py (read-only):
+# VOCAB, encode/decode, PROMPT_LEN, END, build_model(config) -> model(idx) -> logits [B, T, len(VOCAB)].
+from policy import END, PROMPT_LEN, VOCAB, build_model, decode, encode  # noqa: F401
 
 
 # ---------------------------------------------------------------- settings
@@ -173,7 +120,7 @@ def main():
     rng = random.Random(seed)
 
     problems = load_problems(os.path.join(prepared, "train.jsonl"))
-    ckpt = torch.load(os.path.join(prepared, "sft.pt"), map_location="cpu")
+    ckpt = torch.load(os.path.join(prepared, "sft.pt"), map_location="cpu", weights_only=True)
     config = ckpt["config"]
     model = build_model(config)
     model.load_state_dict(ckpt["state_dict"])
