@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ideaforge.errors import StoreError
+from ideaforge.outcomes import OUTCOMES
 
 DB_NAME = "campaign.db"
 
@@ -230,8 +231,16 @@ class Store:
             (trial_id,),
         )
 
-    def finish_trial(self, trial_id: int, record: dict[str, Any]) -> bool:
-        """Ingest a worker's record once. Returns False when the trial was already done."""
+    def finish_trial(self, trial_id: int, record: Any) -> bool:
+        """Ingest a worker's record (an `execute.record.TrialRecord`, or its dict) once.
+
+        Returns False when the trial was already done. An outcome outside the closed
+        vocabulary is refused (StoreError): it would be a bug upstream, not a result.
+        """
+        record = record.to_dict() if hasattr(record, "to_dict") else dict(record)
+        if record.get("outcome") not in OUTCOMES:
+            raise StoreError(f"trial {trial_id}: unknown outcome {record.get('outcome')!r} "
+                             f"(the outcomes are {', '.join(OUTCOMES)})")
         cur = self.execute(
             """UPDATE trials SET status='done', outcome=?, metric=?, metrics=?, curve=?, reason=?,
                    exit_code=?, train_s=?, eval_s=?, ended=?

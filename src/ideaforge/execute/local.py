@@ -22,6 +22,7 @@ from typing import Sequence
 
 from ideaforge.errors import ExecutionError
 from ideaforge.execute.events import Events, Finished
+from ideaforge.execute.record import TrialRecord
 
 WORKER_MODULE = "ideaforge.execute.worker"
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the directory holding ideaforge/
@@ -114,10 +115,7 @@ class LocalExecutor:
         self._finish(trial_id, trial_dir, None)
 
     def _finish(self, trial_id: int, trial_dir: Path, reusable: subprocess.Popen | None) -> None:
-        try:
-            record = json.loads((trial_dir / "record.json").read_text())
-        except (OSError, ValueError):
-            record = None
+        record = TrialRecord.read(trial_dir)
         with self._lock:
             _, lease = self._running.pop(trial_id, (0, []))
             self._free_gpus.extend(lease)

@@ -46,6 +46,7 @@ from typing import Any
 from ideaforge.errors import ExecutionError
 from ideaforge.execute.job import atomic_write_json
 from ideaforge.execute.events import Events, Finished
+from ideaforge.execute.record import TrialRecord
 
 NAMESPACE = "ideaforge"
 LOG_FILES = ("train.out", "train.err", "eval.out", "eval.err", "worker.json")
@@ -514,7 +515,7 @@ class RayExecutor:
             self._used_gpus -= run.gpus
             if self._free_ids is not None:
                 self._free_ids.extend(run.lease)
-        self._events.put(Finished(trial_id, record, gpus))
+        self._events.put(Finished(trial_id, None if record is None else TrialRecord.read(run.trial_dir), gpus))
 
     def wake(self) -> None:
         """Make a waiting `wait()` return (with nothing): another stage has news."""

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ideaforge.search.judge import Stats, leaderboard
+from ideaforge.outcomes import IDEA_OUTCOMES
 from ideaforge.store import Store
 
 LOG_TAIL_LINES = 30      # lines of train.out / train.err shown per trial
@@ -29,10 +30,8 @@ LOG_TAIL_BYTES = 16_384  # read at most this much from the end of a log (a run m
 ERROR_CHARS = 2_000      # implementation errors shown per attempt
 LOGS = ("train.err", "train.out")
 
-# Where an idea ended, in the order the stacked bars draw them. Trial outcomes come from
-# the store's closed vocabulary; `implement_failed` is the implementation's, `pending` ours.
-OUTCOME_ORDER = ("evaluated", "implement_failed", "failed", "crash", "timeout", "oom", "diverged",
-                 "no_result", "invalid", "pending")
+# Where an idea ended, in the order the stacked bars draw them (the closed vocabulary).
+OUTCOME_ORDER = IDEA_OUTCOMES
 
 
 def load_campaign(campaign_dir: str | Path) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from ideaforge.envs.workspace import build_workspace, ensure_prepared, snapshot_
 from ideaforge.errors import ConfigError, EditRefused, StoreError
 from ideaforge.execute.job import Job, write_job
 from ideaforge.execute.local import find_worker
+from ideaforge.execute.record import TrialRecord
 from ideaforge.store import Store
 
 
@@ -150,7 +151,7 @@ class TrialRunner:
                 tdir = self.campaign.prepare_trial_dir(trial, log=lambda m: self.on_event("log", {"message": m}))
             except EditRefused as e:
                 self.store.mark_running(trial["id"])
-                self._ingest(trial["id"], {"outcome": "invalid", "reason": f"edit refused before running: {e}"})
+                self._ingest(trial["id"], TrialRecord("invalid", reason=f"edit refused before running: {e}"))
                 continue
             # Mark first, then launch: a crash in between leaves a 'running' trial with no
             # worker, which recover() re-queues; a live worker is found by its command line.
@@ -161,9 +162,9 @@ class TrialRunner:
             started += 1
         return started
 
-    def _ingest(self, trial_id: int, record: dict) -> None:
+    def _ingest(self, trial_id: int, record: TrialRecord) -> None:
         if self.store.finish_trial(trial_id, record):
-            self.on_event("finished", {"trial": trial_id, **record})
+            self.on_event("finished", {"trial": trial_id, **record.to_dict()})
 
     def pending(self) -> tuple[int, int]:
         q = self.store.conn.execute("SELECT COUNT(*) FROM trials WHERE status='queued'").fetchone()[0]
@@ -205,8 +206,5 @@ class TrialRunner:
                 self.store.requeue(trial["id"])
 
 
-def _read_record(tdir: Path) -> dict | None:
-    try:
-        return json.loads((tdir / "record.json").read_text())
-    except (OSError, ValueError):
-        return None
+def _read_record(tdir: Path) -> TrialRecord | None:
+    return TrialRecord.read(tdir)
