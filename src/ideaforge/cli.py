@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -21,7 +20,6 @@ from pathlib import Path
 from ideaforge.envs.spec import EnvSpec, builtin_names, load_env
 from ideaforge.envs.workspace import read_files
 from ideaforge.errors import IdeaforgeError
-from ideaforge.execute.local import LocalExecutor
 from ideaforge.search.campaign import Campaign, TrialRunner
 
 
@@ -37,28 +35,11 @@ def _say(msg: str = "") -> None:
 
 
 # -- shared helpers ---------------------------------------------------------------------
-def detect_gpus() -> list[str]:
-    """GPU ids from nvidia-smi (no CUDA import); empty on machines without one."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
-
-
-def make_executor(args, spec: EnvSpec):
-    if getattr(args, "executor", "local") == "ray":
-        from ideaforge.execute.ray_backend import RayExecutor  # imports ray: only when asked for
-
-        return RayExecutor(args.ray_address, slots=getattr(args, "slots", None), cpus_per_trial=spec.cpus)
-    gpus = [g for g in args.gpus.split(",") if g] if getattr(args, "gpus", None) else (detect_gpus() if spec.gpus else [])
-    if spec.gpus:
-        default_slots = max(1, len(gpus) // spec.gpus)
-    else:
-        default_slots = max(1, (os.cpu_count() or 1) // spec.cpus)
-    return LocalExecutor(slots=getattr(args, "slots", None) or default_slots, gpus=gpus)
+def make_executor(args, campaign: Campaign):
+    """The campaign's saved executor choice, with the flags given on top (see Campaign.make_executor)."""
+    gpus = [g for g in args.gpus.split(",") if g] if getattr(args, "gpus", None) else None
+    return campaign.make_executor(getattr(args, "executor", None), slots=getattr(args, "slots", None), gpus=gpus,
+                                  address=getattr(args, "ray_address", None))
 
 
 def default_dir(kind: str, env: str) -> Path:
@@ -166,7 +147,7 @@ def cmd_env_check(args) -> int:
         campaign = Campaign.create(root, spec, {"command": "env check", "budget_s": budget})
         tid = campaign.store.add_trial("check", seed=0, budget_s=budget)
         _say(f"running the baseline once with a {budget:.0f} s budget ...")
-        run_trials(campaign, make_executor(args, spec), 1)
+        run_trials(campaign, make_executor(args, campaign), 1)
         t = campaign.store.trial(tid)
         if t["outcome"] != "evaluated":
             _say(f"FAILED: the baseline ended {t['outcome']}; logs in {campaign.store.trial_dir(tid)}")
@@ -192,7 +173,7 @@ def cmd_baseline(args) -> int:
                 campaign.store.add_trial("baseline", seed=seed, budget_s=budget)
         _say(f"campaign {campaign.root}: {args.seeds} baseline trials of {spec.name}, {budget:.0f} s each")
     trials = campaign.store.trials(role="baseline")
-    run_trials(campaign, make_executor(args, spec), len(trials))
+    run_trials(campaign, make_executor(args, campaign), len(trials))
     trials = campaign.store.trials(role="baseline")
     values = [t["metric"] for t in trials if t["outcome"] == "evaluated"]
     _say()
@@ -253,7 +234,7 @@ def cmd_implement(args) -> int:
         _say(f"stored in {store.root}; add --run to train and evaluate it")
         return 0
     tid = store.add_trial("candidate", seed=0, budget_s=args.budget or spec.budget_s, implementation_id=impl_id)
-    run_trials(campaign, make_executor(args, spec), 1)
+    run_trials(campaign, make_executor(args, campaign), 1)
     t = store.trial(tid)
     _say(f"result: {t['outcome']}" + (f", {spec.metric} = {t['metric']:.4f}" if t["metric"] is not None else ""))
     return 0 if t["outcome"] == "evaluated" else 1
@@ -338,7 +319,7 @@ def print_progress(campaign: Campaign, prefix: str = "") -> None:
 
 
 def run_search(campaign: Campaign, cfg, args) -> int:
-    executor = make_executor(args, campaign.spec)
+    executor = make_executor(args, campaign)
     search = build_search(campaign, cfg, executor, search_events(campaign, cfg))
     try:
         with executor:
@@ -536,7 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _executor_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slots", type=int, help="trials at once (default: cores / env cpus, or GPUs / env gpus)")
     p.add_argument("--gpus", help="GPU ids to lend to trials, e.g. 0,1,2,3 (default: all that nvidia-smi lists)")
-    p.add_argument("--executor", choices=["local", "ray"], default="local",
+    p.add_argument("--executor", choices=["local", "ray"], default=None,
                    help="where trials run: this machine, or a Ray cluster (see docs/ray.md)")
     p.add_argument("--ray-address", help="with --executor ray: auto, HOST:6379 or ray://HOST:10001 "
                                          "(default: a local Ray instance)")

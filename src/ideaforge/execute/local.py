@@ -83,12 +83,15 @@ class LocalExecutor:
         threading.Thread(target=self._wait_worker, args=(trial_id, trial_dir, proc), daemon=True).start()
         return proc.pid
 
-    def attach(self, trial_id: int, trial_dir: Path, pid: int) -> bool:
-        """Re-attach to a worker started by an earlier controller. False when it is gone.
+    def attach(self, trial_id: int, trial_dir: Path) -> bool:
+        """Re-attach to the worker an earlier controller started for this trial. False when it is gone.
 
-        That worker's stdin is the dead controller's pipe: after this trial it reads EOF
-        and exits, which is what we wait for.
+        The worker is found by its pid file and cwd (`find_worker`). Its stdin is the dead
+        controller's pipe: after this trial it reads EOF and exits, which is what we wait for.
         """
+        pid = find_worker(trial_dir)
+        if pid is None:
+            return False
         gpus = _worker_gpus(trial_dir)
         try:
             fd = os.pidfd_open(pid)

@@ -18,7 +18,7 @@ Same contract as `LocalExecutor` (slots, GPU accounting, start/wait/wake/stop_al
   trial of the same shape: a fresh Ray worker process costs ~0.5 s of CPU.
 - **Crashes.** A detached actor outlives a controller killed with SIGKILL and keeps its
   result until collected; `ray.json` in the trial directory names it, and a new
-  controller finds it with `reattach()`. A worker process or node that dies fails the
+  controller finds it with `attach()`. A worker process or node that dies fails the
   trial's call: the controller re-runs it once on a fresh actor (wherever Ray places it)
   and marks the record `"retried": 1`; a second loss ends the trial as `failed`.
 
@@ -397,7 +397,7 @@ class RayExecutor:
             opts["memory"] = int(memory_gb * (1 << 30))
         return self._actor_cls.options(**opts).remote(), name
 
-    def reattach(self, trial_id: int, trial_dir: Path) -> bool:
+    def attach(self, trial_id: int, trial_dir: Path) -> bool:
         """Wait again for a trial an earlier controller started. False when its actor is gone
         or does not know the trial (the caller re-queues it)."""
         trial_dir = Path(trial_dir).resolve()
@@ -528,7 +528,7 @@ class RayExecutor:
     def close(self) -> None:
         """Let the idle actors go and stop watching; disconnect if this executor connected.
 
-        Actors still running trials live on, for a later controller to `reattach()`.
+        Actors still running trials live on, for a later controller to `attach()`.
         """
         with self._lock:
             self._closed = True

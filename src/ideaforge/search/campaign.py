@@ -17,8 +17,8 @@ from typing import Callable
 from ideaforge.envs.spec import EnvSpec, load_env
 from ideaforge.envs.workspace import build_workspace, ensure_prepared, snapshot_env
 from ideaforge.errors import ConfigError, EditRefused, StoreError
+from ideaforge.execute.base import Executor, make_executor
 from ideaforge.execute.job import Job, write_job
-from ideaforge.execute.local import find_worker
 from ideaforge.execute.record import TrialRecord
 from ideaforge.store import Store
 
@@ -32,6 +32,7 @@ class Campaign:
 
     @classmethod
     def create(cls, root: str | Path, spec: EnvSpec, config: dict | None = None) -> "Campaign":
+        """A new campaign directory: the environment snapshot and its resolved facts, stored once."""
         root = Path(root)
         if (root / "campaign.db").exists():
             raise ConfigError(f"{root} already holds a campaign; resume it with `ideaforge resume {root}` or pick another --dir")
@@ -44,6 +45,7 @@ class Campaign:
             store.set_meta("env_fingerprint", spec.fingerprint())
             store.set_meta("created", time.time())
             store.set_meta("config", config or {})
+            store.set_meta("env", env_facts(spec))
         return cls(store, spec)
 
     @classmethod
@@ -62,6 +64,25 @@ class Campaign:
 
     def config(self) -> dict:
         return self.store.get_meta("config", {})
+
+    def make_executor(self, name: str | None = None, *, slots: int | None = None,
+                      gpus: list[str] | None = None, address: str | None = None) -> Executor:
+        """The executor this campaign runs on: the saved choice, with what is given (not None) on top.
+
+        The choice (backend, slots, GPU ids, address) is saved once the executor is built,
+        so `ideaforge resume DIR` needs no flags. Naming another backend drops the saved
+        backend's settings.
+        """
+        saved = self.store.get_meta("executor") or {"name": "local"}
+        choice = dict(saved) if name in (None, saved.get("name")) else {"name": name}
+        for key, value in (("slots", slots), ("gpus", gpus), ("address", address)):
+            if value is not None:
+                choice[key] = value
+        executor = make_executor(choice.get("name", "local"), slots=choice.get("slots"), gpus=choice.get("gpus"),
+                                 address=choice.get("address"), cpus_per_trial=self.spec.cpus,
+                                 gpus_per_trial=self.spec.gpus)
+        self.store.set_meta("executor", choice)
+        return executor
 
     def env_changed(self) -> bool:
         return self.spec.fingerprint() != self.store.get_meta("env_fingerprint")
@@ -105,13 +126,20 @@ class Campaign:
         return max(budget_s + 60.0, self.spec.timeout_s * budget_s / self.spec.budget_s)
 
 
+def env_facts(spec: EnvSpec) -> dict:
+    """What views need to know about the environment, resolved once (profile applied)."""
+    return {"name": spec.name, "description": spec.description, "metric": spec.metric, "goal": spec.goal,
+            "budget_s": spec.budget_s, "timeout_s": spec.timeout_s, "cpus": spec.cpus, "gpus": spec.gpus,
+            "profile": getattr(spec, "profile", None)}
+
+
 Progress = Callable[[str, dict], None]
 
 
 class TrialRunner:
     """Moves trials queued -> running -> done through one executor."""
 
-    def __init__(self, campaign: Campaign, executor, on_event: Progress | None = None):
+    def __init__(self, campaign: Campaign, executor: Executor, on_event: Progress | None = None):
         self.campaign = campaign
         self.store = campaign.store
         self.executor = executor
@@ -129,16 +157,9 @@ class TrialRunner:
             if record is not None:
                 self._ingest(trial["id"], record)
                 continue
-            reattach = getattr(self.executor, "reattach", None)  # the Ray backend finds its actor by name
-            if reattach is not None:
-                if reattach(trial["id"], tdir):
-                    self.on_event("attached", {"trial": trial["id"]})
-                    continue
-            else:
-                pid = find_worker(tdir)
-                if pid is not None and self.executor.attach(trial["id"], tdir, pid):
-                    self.on_event("attached", {"trial": trial["id"], "pid": pid})
-                    continue
+            if self.executor.attach(trial["id"], tdir):  # each backend finds its own worker
+                self.on_event("attached", {"trial": trial["id"]})
+                continue
             self.store.requeue(trial["id"])
             self.on_event("requeued", {"trial": trial["id"]})
 
