@@ -22,10 +22,11 @@ import pytest
 # read when ray is imported, and the controllers it starts) then send ~/.ray/auth_token.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.slow  # a Ray cluster takes ~10 s to start; the module ~1 min on 2 cores
 
 from fakes.toyenv import make_toy_env  # noqa: E402
 from ideaforge.envs import load_env  # noqa: E402
-from ideaforge.execute.ray_backend import RayExecutor  # noqa: E402
+from ideaforge.execute.ray import RayExecutor  # noqa: E402
 from ideaforge.search.campaign import Campaign, TrialRunner  # noqa: E402
 
 SECRETS = ("OPENAI_API_KEY", "HF_TOKEN", "MY_SERVICE_SECRET", "DB_PASSWORD")
@@ -219,7 +220,7 @@ def test_stop_all_kills_the_trial_tree_on_the_node(cluster, tmp_path):
 
 CONTROLLER = """
 import sys
-from ideaforge.execute.ray_backend import RayExecutor
+from ideaforge.execute.ray import RayExecutor
 from ideaforge.search.campaign import Campaign, TrialRunner
 camp = Campaign.open(sys.argv[1])
 with RayExecutor(sys.argv[2]) as ex:
@@ -255,6 +256,6 @@ def test_killed_controller_reattaches_instead_of_rerunning(cluster, tmp_path):
 
 
 def test_importing_ideaforge_does_not_import_ray():
-    code = "import sys, ideaforge.execute.ray_backend, ideaforge.search.campaign; print('ray' in sys.modules)"
+    code = "import sys, ideaforge.execute.ray, ideaforge.search.campaign; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

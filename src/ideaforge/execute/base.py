@@ -124,7 +124,7 @@ def _local(*, slots, gpus, address, cpus_per_trial, gpus_per_trial) -> Executor:
 
 
 def _ray(*, slots, gpus, address, cpus_per_trial, gpus_per_trial) -> Executor:
-    from ideaforge.execute.ray_backend import RayExecutor  # imports ray: only when asked for
+    from ideaforge.execute.ray import RayExecutor  # imports ray: only when asked for
 
     if gpus:
         raise ConfigError("with the Ray executor, GPUs are the cluster's (Ray assigns them); drop --gpus")

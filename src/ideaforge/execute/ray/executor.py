@@ -1,4 +1,4 @@
-"""The Ray backend: trials run in detached Ray actors anywhere on a cluster.
+"""The Ray backend's controller side: trials run in detached Ray actors anywhere on a cluster.
 
 Same contract as `LocalExecutor` (slots, GPU accounting, start/wait/wake/stop_all,
 `Finished` events), so `TrialRunner` drives either. What differs is where a trial runs:
@@ -27,15 +27,9 @@ Ray is imported only when an executor is built: importing ideaforge never import
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import os
-import shutil
-import signal
-import socket
-import tarfile
 import threading
 import time
 from collections import OrderedDict
@@ -44,213 +38,19 @@ from pathlib import Path
 from typing import Any
 
 from ideaforge.errors import ExecutionError
-from ideaforge.execute.job import atomic_write_json
 from ideaforge.execute.events import Events, Finished
+from ideaforge.execute.job import atomic_write_json
+from ideaforge.execute.ray.actor import TrialActor
+from ideaforge.execute.ray.packing import pack_tree, trial_key
 from ideaforge.execute.record import TrialRecord
 
 NAMESPACE = "ideaforge"
-LOG_FILES = ("train.out", "train.err", "eval.out", "eval.err", "worker.json")
-LOG_CAP = 1 << 20          # bytes of each log brought back (the tail: errors are at the end)
 BLOB_CACHE = 256           # content-addressed objects the controller keeps referenced
 WAIT_S = 0.1               # ray.wait's bound, seconds: how soon a newly started trial is watched
 DEFAULT_SCRATCH = "/tmp/ideaforge-ray"  # node-local unpack directory on every worker node
 IDLE_KEEP_S = 60.0         # an idle worker actor is reused within this many seconds, else killed
-IDLE_EXIT_S = 900.0        # an actor idle this long exits by itself (its controller is gone)
-RESULT_KEEP_S = 86400.0    # ... or this long, when it holds a result no controller has collected
 
 
-# -- packing: deterministic, so equal workspaces get equal names -------------------------------
-def pack_tree(root: Path, members: list[str] | None = None) -> bytes:
-    """A tar.gz of `root` (or of `members` under it), byte-identical for identical contents.
-
-    Symlinks (the workspace's data links) are stored as links, never followed: data is
-    not shipped.
-    """
-    root = Path(root)
-    if members is None:
-        members = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            rel = os.path.relpath(dirpath, root)
-            for name in sorted(dirnames + filenames):
-                members.append(os.path.normpath(os.path.join(rel, name)))
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=6) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for rel in sorted(members):
-                info = tar.gettarinfo(str(root / rel), arcname=rel)
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-                if info.isfile():
-                    with open(root / rel, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    tar.addfile(info)
-    return buf.getvalue()
-
-
-def unpack(blob: bytes, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-        tar.extractall(dest, filter="tar")  # "tar", not "data": absolute data links must survive
-
-
-def campaign_key(trial_dir: Path) -> str:
-    """A short stable name for the campaign that owns `trial_dir` (ROOT/trials/NNNNN)."""
-    return hashlib.sha256(str(Path(trial_dir).resolve().parent.parent).encode()).hexdigest()[:12]
-
-
-def trial_key(trial_dir: Path, trial_id: int) -> str:
-    """The trial's name on the cluster (and its node-local scratch directory)."""
-    return f"ideaforge-trial-{campaign_key(trial_dir)}-{trial_id}"
-
-
-# -- the worker side --------------------------------------------------------------------------
-class TrialActor:
-    """A reusable worker on a Ray node, wrapped with `ray.remote` by the executor.
-
-    It runs one trial at a time in a thread (so `stop()` is served while it trains) and
-    keeps each result until the controller has written it down and calls `forget()`: a
-    controller that crashed in between collects it with `result()`. Reuse matters: a new
-    Ray worker process costs ~0.5 s of CPU (measured on 2 cores). An actor left behind by
-    a controller that never came back exits by itself after IDLE_EXIT_S (RESULT_KEEP_S
-    while it holds an uncollected result).
-    """
-
-    def __init__(self):
-        self.trials: dict[str, dict] = {}  # key -> {"done": Event, "result": dict | None, "stopping": bool}
-        self.last_active = time.monotonic()
-        threading.Thread(target=self._exit_when_idle, daemon=True).start()
-
-    def run(self, key: str, order: dict, workspace: bytes, hidden: bytes) -> dict:
-        """Run one trial to its end and return its result (also kept until `forget(key)`)."""
-        state: dict = {"done": threading.Event(), "result": None, "stopping": False}
-        state["thread"] = threading.Thread(target=self._run, args=(state, order, workspace, hidden), daemon=True)
-        self.trials[key] = state
-        state["thread"].start()
-        return self.result(key)
-
-    def result(self, key: str) -> dict | None:
-        state = self.trials.get(key)
-        if state is None:
-            return None
-        state["done"].wait()
-        return state["result"]
-
-    def knows(self, key: str) -> bool:
-        return key in self.trials
-
-    def forget(self, key: str) -> None:
-        self.trials.pop(key, None)
-        self.last_active = time.monotonic()
-
-    def stop(self) -> None:
-        """Kill the running trial's process tree (again, until run_trial gives up); no result counts."""
-        from ideaforge.execute import worker
-
-        for state in list(self.trials.values()):
-            state["stopping"] = True
-            while state["thread"].is_alive():
-                worker.kill_current_trial()
-                state["thread"].join(0.05)
-
-    def _run(self, state: dict, order: dict, workspace: bytes, hidden: bytes) -> None:
-        import ray  # on the worker, ray is already loaded
-        from ideaforge.execute import worker
-
-        # Custom-resource "GPUs" (tests) carry ids leased by the controller; real GPUs are
-        # the ones Ray assigned to this actor (it has set CUDA_VISIBLE_DEVICES to them).
-        gpus = [str(g) for g in (order["gpus"] if order["gpus"] is not None else ray.get_gpu_ids())]
-        root = Path(order["scratch"]) / order["name"]
-        tdir = root / "trial"
-        record: dict
-        try:
-            _kill_leftovers(root)  # an earlier attempt on this node, orphaned by a worker crash
-            shutil.rmtree(root, ignore_errors=True)
-            unpack(workspace, tdir / "work")
-            job = dict(order["job"], hidden_src=str(_hidden_cache(Path(order["scratch"]), hidden)))
-            atomic_write_json(tdir / "job.json", job, durable=False)
-            missing = _missing_data(job)
-            if missing:
-                record = {"trial_id": job["trial_id"], "outcome": "failed", "exit_code": None, "reason":
-                          f"data path {missing} does not exist on Ray node {socket.gethostname()}: the Ray "
-                          f"backend ships workspaces, not data; data must be on a shared filesystem mounted "
-                          f"at the same path on every node", "ended_at": time.time()}
-            elif state["stopping"]:
-                record = {"outcome": "failed", "reason": "stopped before it started", "ended_at": time.time()}
-            else:
-                record = worker.run_trial(tdir, gpus)
-        except Exception as e:  # the edge of a trial on the worker: report it, never hang the controller
-            import traceback
-
-            record = {"outcome": "failed", "reason": f"ideaforge Ray worker error: {e!r}\n"
-                      + traceback.format_exc(limit=5), "ended_at": time.time()}
-        record["node"] = socket.gethostname()
-        if order.get("retried"):
-            record["retried"] = order["retried"]
-        files = {name: _read_tail(tdir / name, LOG_CAP) for name in LOG_FILES if (tdir / name).exists()}
-        if not order.get("keep_scratch"):
-            shutil.rmtree(root, ignore_errors=True)
-        # A trial stopped by the controller left a record of its killing: not a result.
-        state["result"] = {"record": record, "files": files, "gpus": gpus, "stopped": state["stopping"]}
-        self.last_active = time.monotonic()
-        state["done"].set()
-
-    def _exit_when_idle(self) -> None:
-        while True:
-            time.sleep(10)
-            states = list(self.trials.values())
-            if any(not st["done"].is_set() for st in states):
-                continue
-            # A result nobody collected yet waits longer: its controller may be resumed.
-            limit = RESULT_KEEP_S if states else IDLE_EXIT_S
-            if time.monotonic() - self.last_active > limit:
-                os._exit(0)
-
-
-def _hidden_cache(scratch: Path, blob: bytes) -> Path:
-    """Unpack the hidden files once per node and content hash; run_trial checks each file's sha256."""
-    dest = scratch / f"hidden-{hashlib.sha256(blob).hexdigest()[:16]}"
-    if not dest.is_dir():
-        tmp = scratch / f".hidden-{os.getpid()}-{threading.get_ident()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        unpack(blob, tmp)
-        try:
-            os.rename(tmp, dest)
-        except OSError:  # another trial on this node got there first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def _missing_data(job: dict) -> str | None:
-    paths = list(job.get("data", {}).values()) + ([job["prepared"]] if job.get("prepared") else [])
-    return next((p for p in paths if not os.path.exists(p)), None)
-
-
-def _kill_leftovers(root: Path) -> None:
-    """SIGKILL every process working under `root` (found by its cwd)."""
-    if not root.exists():
-        return
-    prefix = str(root) + os.sep
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if (os.readlink(f"/proc/{entry}/cwd") + os.sep).startswith(prefix):
-                os.kill(int(entry), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
-
-
-def _read_tail(path: Path, cap: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - cap))
-        data = f.read()
-    return (f"[... first {size - cap} bytes not kept ...]\n".encode() + data) if size > cap else data
-
-
-# -- the controller side ------------------------------------------------------------------------
 @dataclass
 class _Run:
     actor: Any
