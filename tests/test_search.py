@@ -18,7 +18,7 @@ from ideaforge.envs import load_env
 from ideaforge.execute.local import LocalExecutor
 from ideaforge.ideate import offline_ideator
 from ideaforge.search.campaign import Campaign
-from ideaforge.search.judge import leaderboard
+from ideaforge.stats import leaderboard
 from ideaforge.search.loop import Search, SearchConfig
 from ideaforge.store import Store
 

@@ -167,10 +167,9 @@ def cmd_baseline(args) -> int:
         spec = load_env(args.env)
         root = Path(args.dir) if args.dir else default_dir("baseline", spec.name)
         budget = args.budget or spec.budget_s
-        campaign = Campaign.create(root, spec, {"command": "baseline", "seeds": args.seeds, "budget_s": budget})
-        with campaign.store.tx():
-            for seed in range(args.seeds):
-                campaign.store.add_trial("baseline", seed=seed, budget_s=budget)
+        campaign = Campaign.create(root, spec, {"command": "baseline", "seeds": args.seeds, "budget_s": budget},
+                                   setup=lambda store: [store.add_trial("baseline", seed=s, budget_s=budget)
+                                                        for s in range(args.seeds)])
         _say(f"campaign {campaign.root}: {args.seeds} baseline trials of {spec.name}, {budget:.0f} s each")
     trials = campaign.store.trials(role="baseline")
     run_trials(campaign, make_executor(args, campaign), len(trials))
@@ -305,7 +304,7 @@ def search_events(campaign: Campaign, cfg):
 
 
 def print_progress(campaign: Campaign, prefix: str = "") -> None:
-    from ideaforge.search.judge import leaderboard
+    from ideaforge.stats import leaderboard
 
     spec = campaign.spec
     base, rows = leaderboard(campaign.store, spec.goal)

@@ -184,6 +184,16 @@ class Store:
         row = self.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
+    def set_env_facts(self, facts: dict[str, Any]) -> None:
+        """The environment as resolved when the campaign was made (name, metric, goal, budget_s,
+        timeout_s, cpus, gpus, profile, description): what views need, without the env directory."""
+        self.set_meta("env", facts)
+
+    def env_facts(self) -> dict[str, Any]:
+        """The stored facts; {} for a campaign made before they were stored (it gets them on its
+        next `Campaign.open`)."""
+        return self.get_meta("env") or {}
+
     def set_env_files(self, rows: Iterable[tuple[str, str, str, int]]) -> None:
         with self.tx():
             self.execute("DELETE FROM env_files")
@@ -206,15 +216,30 @@ class Store:
             raise StoreError(f"no trial {trial_id} in {self.root}")
         return _trial_dict(row)
 
-    def trials(self, *, status: str | None = None, role: str | None = None) -> list[dict[str, Any]]:
+    def trials(self, *, status: str | None = None, role: str | None = None,
+               implementation_id: int | None = None) -> list[dict[str, Any]]:
         sql, args = "SELECT * FROM trials WHERE 1=1", []
         if status:
             sql, args = sql + " AND status = ?", args + [status]
         if role:
             sql, args = sql + " AND role = ?", args + [role]
+        if implementation_id is not None:
+            sql, args = sql + " AND implementation_id = ?", args + [implementation_id]
         with self.lock:
             rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
         return [_trial_dict(r) for r in rows]
+
+    def trial_counts(self) -> dict[str, int]:
+        """Trials per status: {"queued": n, "running": n, "done": n} (zeros included)."""
+        counts = {"queued": 0, "running": 0, "done": 0}
+        for status, n in self.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall():
+            counts[status] = n
+        return counts
+
+    def count_trials(self, implementation_id: int) -> int:
+        """Trials (any role, any status) of one implementation."""
+        return int(self.execute("SELECT COUNT(*) FROM trials WHERE implementation_id=?",
+                                (implementation_id,)).fetchone()[0])
 
     def mark_running(self, trial_id: int, pid: int | None = None) -> None:
         self.execute(
@@ -289,6 +314,13 @@ class Store:
         )
         return int(cur.lastrowid)
 
+    def implementation_files(self, implementation_id: int) -> dict[str, str | None]:
+        """The files an implementation changes: {path: new content, or None for deleted}."""
+        row = self.execute("SELECT files FROM implementations WHERE id=?", (implementation_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no implementation {implementation_id} in {self.root}")
+        return json.loads(row[0])
+
     def implementations(self, idea_id: int | None = None) -> list[dict[str, Any]]:
         sql, args = "SELECT * FROM implementations", []
         if idea_id is not None:
@@ -316,6 +348,34 @@ class Store:
 
     def llm_spend(self) -> float:
         return float(self.execute("SELECT COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()[0])
+
+    def llm_totals(self) -> dict[str, float]:
+        """Model calls so far: {"calls", "cost_usd", "input_tokens", "output_tokens"}."""
+        row = self.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM(input_tokens), 0), "
+                           "COALESCE(SUM(output_tokens), 0) FROM llm_calls").fetchone()
+        return {"calls": row[0], "cost_usd": float(row[1]), "input_tokens": row[2], "output_tokens": row[3]}
+
+    def llm_usage_by_model(self) -> list[dict[str, Any]]:
+        """One row per model: calls, input_tokens, output_tokens, cost_usd; most expensive first."""
+        return [dict(r) for r in self.execute(
+            """SELECT model, COUNT(*) AS calls, SUM(input_tokens) AS input_tokens,
+                      SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd
+               FROM llm_calls GROUP BY model ORDER BY SUM(cost_usd) DESC, model""").fetchall()]
+
+    def progress_counters(self) -> dict[str, Any]:
+        """Cheap counters that change whenever anything a view shows changes (the live view polls them)."""
+        t = self.execute(
+            """SELECT COUNT(*), COALESCE(SUM(status='done'), 0), COALESCE(SUM(status='running'), 0),
+                      COALESCE(SUM(status='queued'), 0), MAX(CASE WHEN status='done' THEN id END),
+                      MAX(ended), MAX(started), COALESCE(SUM(attempt), 0) FROM trials""").fetchone()
+        ideas = self.execute("SELECT COUNT(*), MAX(id) FROM ideas").fetchone()
+        impls = self.execute("SELECT COUNT(*) FROM implementations").fetchone()
+        statuses = self.execute("SELECT GROUP_CONCAT(status) FROM (SELECT status FROM ideas ORDER BY id)").fetchone()
+        calls = self.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()
+        return {"trials": t[0], "trials_done": t[1], "trials_running": t[2], "trials_queued": t[3],
+                "last_trial": t[4], "last_ended": t[5], "last_started": t[6], "requeues": t[7],
+                "ideas": ideas[0], "implementations": impls[0], "idea_statuses": statuses[0],
+                "llm_calls": calls[0], "llm_cost": calls[1]}
 
 
 class _Tx:

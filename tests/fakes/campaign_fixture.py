@@ -60,6 +60,9 @@ def build_campaign(root: Path, *, epochs: int = 3, ideas: int = 5, seed: int = 0
     (store.env_dir / "ideaforge.toml").write_text(ENV_TOML)
     (store.env_dir / "train.py").write_text(TRAIN_PY)
     store.set_meta("env_name", "synthetic-gpt")
+    store.set_env_facts({"name": "synthetic-gpt", "metric": "val_loss", "goal": "min", "budget_s": 60,
+                         "timeout_s": 180, "cpus": 2, "gpus": 1, "profile": None,
+                         "description": "A synthetic campaign for report tests: lower val_loss is better."})
     store.set_meta("env_root", str(root / "gone"))
     store.set_meta("created", time.time() - 3600)
     store.set_meta("config", {"command": "run", "search": {"mode": mode, "epochs": epochs, "ideas": ideas,

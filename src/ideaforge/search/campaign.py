@@ -8,7 +8,7 @@ worker died without a record are re-queued, so no trial completes twice.
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -31,22 +31,44 @@ class Campaign:
         self._prepared: Path | None | bool = False
 
     @classmethod
-    def create(cls, root: str | Path, spec: EnvSpec, config: dict | None = None) -> "Campaign":
-        """A new campaign directory: the environment snapshot and its resolved facts, stored once."""
-        root = Path(root)
+    def create(cls, root: str | Path, spec: EnvSpec, config: dict | None = None,
+               setup: Callable[[Store], None] | None = None) -> "Campaign":
+        """A new campaign directory: the environment snapshot, its resolved facts, and what `setup`
+        adds (e.g. the first trials), all or nothing.
+
+        It is built in a temporary sibling directory and renamed into place: a controller
+        killed while creating leaves no half-made campaign for `resume` to trip on.
+        """
+        root = Path(root).resolve()
         if (root / "campaign.db").exists():
             raise ConfigError(f"{root} already holds a campaign; resume it with `ideaforge resume {root}` or pick another --dir")
-        store = Store.create_or_open(root)
-        rows = snapshot_env(spec, store.env_dir)
-        store.set_env_files(rows)
-        with store.tx():
-            store.set_meta("env_name", spec.name)
-            store.set_meta("env_root", str(spec.root))
-            store.set_meta("env_fingerprint", spec.fingerprint())
-            store.set_meta("created", time.time())
-            store.set_meta("config", config or {})
-            store.set_meta("env", env_facts(spec))
-        return cls(store, spec)
+        if root.exists() and any(root.iterdir()):
+            raise ConfigError(f"{root} exists and is not empty; pick another --dir")
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = root.parent / f".{root.name}.creating-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        store = Store.create_or_open(tmp)
+        try:
+            store.set_env_files(snapshot_env(spec, store.env_dir))
+            with store.tx():
+                store.set_meta("env_name", spec.name)
+                store.set_meta("env_root", str(spec.root))
+                store.set_meta("env_fingerprint", spec.fingerprint())
+                store.set_meta("created", time.time())
+                store.set_meta("config", config or {})
+                store.set_env_facts(env_facts(spec))
+            if setup is not None:
+                with store.tx():
+                    setup(store)
+        finally:
+            store.close()
+        try:
+            os.rename(tmp, root)  # onto a missing or empty directory: atomic
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ConfigError(f"{root}: could not create the campaign there ({e.strerror}); "
+                              f"another controller may be creating it") from e
+        return cls(Store.create_or_open(root), spec)
 
     @classmethod
     def open(cls, root: str | Path) -> "Campaign":
@@ -56,6 +78,8 @@ class Campaign:
             raise StoreError(f"{root}: the campaign database has no environment recorded")
         # Code comes from the snapshot; the spec is re-read from the environment for its data paths.
         spec = load_env(env_root)
+        if not store.env_facts():  # made before the facts were stored
+            store.set_env_facts(env_facts(spec))
         return cls(store, spec)
 
     @property
@@ -95,10 +119,7 @@ class Campaign:
     def changes_for(self, implementation_id: int | None) -> dict[str, str | None]:
         if implementation_id is None:
             return {}
-        row = self.store.conn.execute("SELECT files FROM implementations WHERE id=?", (implementation_id,)).fetchone()
-        if row is None:
-            raise StoreError(f"no implementation {implementation_id}")
-        return json.loads(row[0])
+        return self.store.implementation_files(implementation_id)
 
     def prepare_trial_dir(self, trial: dict, log=print) -> Path:
         """A fresh trial directory: workspace with the edit applied, job.json. Refuses bad edits."""
@@ -188,9 +209,8 @@ class TrialRunner:
             self.on_event("finished", {"trial": trial_id, **record.to_dict()})
 
     def pending(self) -> tuple[int, int]:
-        q = self.store.conn.execute("SELECT COUNT(*) FROM trials WHERE status='queued'").fetchone()[0]
-        r = self.store.conn.execute("SELECT COUNT(*) FROM trials WHERE status='running'").fetchone()[0]
-        return q, r
+        counts = self.store.trial_counts()
+        return counts["queued"], counts["running"]
 
     def step(self, timeout: float | None = None) -> None:
         """Start what fits, then wait for at least one finished trial (or the timeout)."""

@@ -24,7 +24,7 @@ from ideaforge.envs.workspace import read_files
 from ideaforge.ideate import Context, Idea, ScoredIdea, dedup
 from ideaforge.implement.implementer import Implementation, Implementer
 from ideaforge.search.campaign import Campaign, Progress, TrialRunner
-from ideaforge.search.judge import Stats, beats, leaderboard
+from ideaforge.stats import Stats, beats, leaderboard
 
 
 @dataclass
@@ -254,7 +254,7 @@ class Search:
         with self.store.tx():
             for r in top:
                 impl_id = impl_of[r["idea_id"]]
-                have = self.store.execute("SELECT COUNT(*) FROM trials WHERE implementation_id=?", (impl_id,)).fetchone()[0]
+                have = self.store.count_trials(impl_id)
                 for seed in range(have, self.cfg.confirm_seeds):
                     self.store.add_trial("confirm", seed=seed, budget_s=self.budget_s, implementation_id=impl_id)
         self.emit("confirm", {"ideas": [r["idea_id"] for r in top]})
