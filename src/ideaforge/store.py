@@ -13,7 +13,9 @@ Layout of a campaign directory:
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -93,12 +95,19 @@ MIGRATIONS: list[str] = [
         started_at REAL NOT NULL
     );
     """,
+    # 2: re-queues because the trial's worker died (capped; shown in status and the report),
+    # apart from `attempt`, which also counts re-queues of trials stopped by the controller.
+    """
+    ALTER TABLE trials ADD COLUMN requeues INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
+
+LOCK_NAME = "controller.lock"
 
 TRIAL_FIELDS = (
     "id", "implementation_id", "role", "seed", "budget_s", "status", "outcome", "metric",
     "metrics", "curve", "reason", "exit_code", "train_s", "eval_s", "pid", "attempt",
-    "created", "started", "ended",
+    "created", "started", "ended", "requeues",
 )
 
 
@@ -241,20 +250,41 @@ class Store:
         return int(self.execute("SELECT COUNT(*) FROM trials WHERE implementation_id=?",
                                 (implementation_id,)).fetchone()[0])
 
+    def claim(self, trial_id: int) -> bool:
+        """Queued -> running, atomically: True for exactly one caller, False when the trial was
+        not queued (another controller took it, or it is done)."""
+        cur = self.execute("UPDATE trials SET status='running', pid=NULL, started=? WHERE id=? AND status='queued'",
+                           (time.time(), trial_id))
+        return cur.rowcount == 1
+
     def mark_running(self, trial_id: int, pid: int | None = None) -> None:
-        self.execute(
-            "UPDATE trials SET status='running', pid=?, started=? WHERE id=? AND status IN ('queued','running')",
-            (pid, time.time(), trial_id),
-        )
+        """Kept for callers that do not need the claim's answer; prefer `claim`."""
+        self.claim(trial_id)
+        if pid is not None:
+            self.set_pid(trial_id, pid)
 
     def set_pid(self, trial_id: int, pid: int) -> None:
         self.execute("UPDATE trials SET pid=? WHERE id=?", (pid, trial_id))
 
-    def requeue(self, trial_id: int) -> None:
-        self.execute(
-            "UPDATE trials SET status='queued', pid=NULL, started=NULL, attempt=attempt+1 WHERE id=? AND status='running'",
-            (trial_id,),
-        )
+    def requeue(self, trial_id: int, worker_died: bool = False) -> int:
+        """Running -> queued. `worker_died` counts it toward the trial's re-queue cap.
+        Returns the trial's re-queues because its worker died, so far."""
+        with self.tx():
+            self.conn.execute(
+                "UPDATE trials SET status='queued', pid=NULL, started=NULL, attempt=attempt+1, requeues=requeues+? "
+                "WHERE id=? AND status='running'", (int(worker_died), trial_id))
+            row = self.conn.execute("SELECT requeues FROM trials WHERE id=?", (trial_id,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def requeued_trials(self) -> list[dict[str, Any]]:
+        """Trials re-queued at least once because their worker died: id, role, status, outcome, requeues."""
+        rows = self.execute("SELECT id, role, status, outcome, requeues FROM trials WHERE requeues > 0 "
+                            "ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
+    def controller_lock(self) -> "ControllerLock":
+        """Take the campaign's controller lock (see ControllerLock); StoreError when another holds it."""
+        return ControllerLock.acquire(self.root)
 
     def finish_trial(self, trial_id: int, record: Any) -> bool:
         """Ingest a worker's record (an `execute.record.TrialRecord`, or its dict) once.
@@ -376,6 +406,41 @@ class Store:
                 "last_trial": t[4], "last_ended": t[5], "last_started": t[6], "requeues": t[7],
                 "ideas": ideas[0], "implementations": impls[0], "idea_statuses": statuses[0],
                 "llm_calls": calls[0], "llm_cost": calls[1]}
+
+
+class ControllerLock:
+    """One controller per campaign directory: an exclusive flock on DIR/controller.lock.
+
+    Held for the controller's life (the kernel drops it when the process dies, even by
+    SIGKILL, so a stale lock never blocks a resume). The holder's pid is written in the
+    file so a refused second controller can name it.
+    """
+
+    def __init__(self, path: Path, fd: int):
+        self.path = path
+        self.fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, root: Path) -> "ControllerLock":
+        path = Path(root) / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise StoreError(f"{root} is being run by another controller (pid {holder}); "
+                             f"stop it first, or watch it with `ideaforge status {root}`") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+    __del__ = release
 
 
 class _Tx:

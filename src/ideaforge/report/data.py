@@ -105,6 +105,7 @@ def _summary(store: Store, facts: dict, config: dict, search: dict, ideas: list[
         "gpu_hours": trial_s / 3600 * gpus,
         "ideas": len(ideas),
         "trials": status,
+        "requeues": sum(t.get("requeues", 0) for t in trials),
         "budget_s": search.get("budget_s") or facts.get("budget_s"),
         "config": config,
     }
@@ -177,6 +178,7 @@ def _trial(store: Store, t: dict) -> dict[str, Any]:
         "id": t["id"], "role": t["role"], "seed": t["seed"], "status": t["status"], "outcome": t["outcome"],
         "metric": t["metric"], "metrics": t["metrics"], "reason": t["reason"], "exit_code": t["exit_code"],
         "train_s": t["train_s"], "eval_s": t["eval_s"], "budget_s": t["budget_s"], "curve": t["curve"],
+        "requeues": t.get("requeues", 0),
         "logs": {name: tail for name in LOGS if (tail := log_tail(tdir / name))},
     }
 

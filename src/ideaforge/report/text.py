@@ -56,6 +56,22 @@ def status_lines(store: Store, env: str | None = None, metric: str | None = None
                 f"of trials, {store.get_meta('elapsed_s', 0.0) / 60:.1f} min wall"]
     if store.get_meta("stopped"):
         out.append(f"stopped early: {store.get_meta('stopped')}")
+    out += requeue_lines(store)
+    return out
+
+
+def requeue_lines(store: Store, limit: int = 10) -> list[str]:
+    """Trials whose worker died and that were re-run: never silent (their training so far was lost)."""
+    rows = store.requeued_trials()
+    if not rows:
+        return []
+    out = [f"re-queued after their worker died: {len(rows)} trial(s), {sum(r['requeues'] for r in rows)} time(s)"]
+    for r in rows[:limit]:
+        state = r["outcome"] or r["status"]
+        out.append(f"  trial {r['id']}: re-queued {r['requeues']} time{'s' if r['requeues'] != 1 else ''} "
+                   f"({r['role']}, now {state})")
+    if len(rows) > limit:
+        out.append(f"  ... and {len(rows) - limit} more")
     return out
 
 

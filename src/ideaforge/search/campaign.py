@@ -20,13 +20,14 @@ from ideaforge.errors import ConfigError, EditRefused, StoreError
 from ideaforge.execute.base import Executor, make_executor
 from ideaforge.execute.job import Job, write_job
 from ideaforge.execute.record import TrialRecord
-from ideaforge.store import Store
+from ideaforge.store import ControllerLock, Store
 
 
 class Campaign:
     def __init__(self, store: Store, spec: EnvSpec):
         self.store = store
         self.spec = spec
+        self._lock: ControllerLock | None = None
         self.hidden = {r["path"]: r["sha256"] for r in store.env_files() if r["cls"] == "hidden"}
         self._prepared: Path | None | bool = False
 
@@ -85,6 +86,20 @@ class Campaign:
     @property
     def root(self) -> Path:
         return self.store.root
+
+    def lock(self) -> None:
+        """Become this campaign's one controller (StoreError naming the holder's pid if another is).
+
+        Held until `close()` or the process ends; readers (status, report) never take it.
+        """
+        if self._lock is None:
+            self._lock = self.store.controller_lock()
+
+    def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        self.store.close()
 
     def config(self) -> dict:
         return self.store.get_meta("config", {})
@@ -157,18 +172,30 @@ def env_facts(spec: EnvSpec) -> dict:
 Progress = Callable[[str, dict], None]
 
 
-class TrialRunner:
-    """Moves trials queued -> running -> done through one executor."""
+MAX_REQUEUES = 3  # re-queues of a trial whose worker died, before it ends `failed`
 
-    def __init__(self, campaign: Campaign, executor: Executor, on_event: Progress | None = None):
+
+class TrialRunner:
+    """Moves trials queued -> running -> done through one executor.
+
+    Only one runs per campaign (it takes the campaign's controller lock), and a trial is
+    claimed queued -> running atomically before its directory is prepared, so no trial
+    runs twice. A trial whose worker dies without a record is re-queued, at most
+    `max_requeues` times; then it ends `failed`, with the reason.
+    """
+
+    def __init__(self, campaign: Campaign, executor: Executor, on_event: Progress | None = None,
+                 max_requeues: int = MAX_REQUEUES):
         self.campaign = campaign
         self.store = campaign.store
         self.executor = executor
         self.on_event = on_event or (lambda kind, info: None)
+        self.max_requeues = max_requeues
         if not executor.fits_ever(campaign.spec.gpus):
             raise ConfigError(
                 f"{campaign.spec.name} needs {campaign.spec.gpus} GPU(s) per trial; this executor has "
                 f"{executor.total_gpus} (pass --gpus 0,1,... to lend them)")
+        campaign.lock()
 
     def recover(self) -> None:
         """After a controller crash: collect, re-attach or re-queue every trial marked running."""
@@ -181,23 +208,25 @@ class TrialRunner:
             if self.executor.attach(trial["id"], tdir):  # each backend finds its own worker
                 self.on_event("attached", {"trial": trial["id"]})
                 continue
-            self.store.requeue(trial["id"])
-            self.on_event("requeued", {"trial": trial["id"]})
+            # Claimed but never handed to a worker (the controller died in between) is not
+            # the trial's fault; a worker that started and is gone without a record is.
+            # (No other controller can hold the claim: this one holds the campaign's lock.)
+            self._worker_gone(trial["id"], died=_worker_started(tdir))
 
     def start_queued(self) -> int:
         started = 0
         for trial in self.store.trials(status="queued"):
             if not self.executor.can_start(self.campaign.spec.gpus):
                 break
+            # Claim first, then prepare and launch: a crash in between leaves a 'running'
+            # trial with no worker, which recover() re-queues.
+            if not self.store.claim(trial["id"]):
+                continue  # not queued any more
             try:
                 tdir = self.campaign.prepare_trial_dir(trial, log=lambda m: self.on_event("log", {"message": m}))
             except EditRefused as e:
-                self.store.mark_running(trial["id"])
                 self._ingest(trial["id"], TrialRecord("invalid", reason=f"edit refused before running: {e}"))
                 continue
-            # Mark first, then launch: a crash in between leaves a 'running' trial with no
-            # worker, which recover() re-queues; a live worker is found by its command line.
-            self.store.mark_running(trial["id"])
             pid = self.executor.start(trial["id"], tdir, self.campaign.spec.gpus)
             self.store.set_pid(trial["id"], pid)
             self.on_event("started", {"trial": trial["id"], "pid": pid})
@@ -223,10 +252,18 @@ class TrialRunner:
     def handle(self, fin) -> None:
         """One finished worker: ingest its record, or re-queue a trial that left none."""
         if fin.record is None:
-            self.store.requeue(fin.trial_id)
-            self.on_event("requeued", {"trial": fin.trial_id})
+            self._worker_gone(fin.trial_id, died=True)
         else:
             self._ingest(fin.trial_id, fin.record)
+
+    def _worker_gone(self, trial_id: int, died: bool) -> None:
+        """Re-queue a running trial that has no record, or end it `failed` once re-queued to the cap."""
+        requeues = self.store.trial(trial_id)["requeues"]
+        if died and requeues >= self.max_requeues:
+            self._ingest(trial_id, TrialRecord("failed", reason=f"re-queued {requeues} times: the worker died each time"))
+            return
+        n = self.store.requeue(trial_id, worker_died=died)
+        self.on_event("requeued", {"trial": trial_id, "requeues": n})
 
     def drain(self) -> None:
         """Run until nothing is queued or running."""
@@ -245,6 +282,11 @@ class TrialRunner:
                 self._ingest(trial["id"], record)
             else:
                 self.store.requeue(trial["id"])
+
+
+def _worker_started(tdir: Path) -> bool:
+    """Whether a worker took the trial: the local worker writes worker.json, Ray's executor ray.json."""
+    return (tdir / "worker.json").exists() or (tdir / "ray.json").exists()
 
 
 def _read_record(tdir: Path) -> TrialRecord | None:

@@ -67,10 +67,21 @@ class Search:
         self.budget_s = config.budget_s or self.spec.budget_s
         self.baseline_files = read_files(self.spec, self.store.env_dir)
         self.implementer = Implementer(self.spec, self.baseline_files, config.model, samples=config.samples,
-                                       repairs=config.repairs, smoke=smoke if config.smoke else None,
+                                       repairs=config.repairs, smoke=self._leased(smoke) if config.smoke else None,
                                        recorder=self.store.add_llm_call)
         self._t0 = time.monotonic()
         self._elapsed_before = float(self.store.get_meta("elapsed_s", 0.0))
+
+    def _leased(self, smoke):
+        """The smoke check, run only in a slot of the executor: smoke runs and trials together
+        never exceed --slots (a crowd of smoke runs would also skew the trials' timings)."""
+        if smoke is None:
+            return None
+
+        def check(changes):
+            with self.executor.lease(self.spec.gpus):
+                return smoke(changes)
+        return check
 
     # -- the whole campaign ------------------------------------------------------------------
     def run(self) -> str:

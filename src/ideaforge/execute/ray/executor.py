@@ -33,9 +33,10 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ideaforge.errors import ExecutionError
 from ideaforge.execute.events import Events, Finished
@@ -106,6 +107,8 @@ class RayExecutor:
         # Controller-leased ids exist only for a custom resource; Ray assigns real GPUs itself.
         self._free_ids = [str(i) for i in range(self.total_gpus)] if gpu_resource != "GPU" else None
         self._used_gpus = 0
+        self._leased = 0          # slots held by non-trial runs (smoke checks on the controller)
+        self._lease_waiting = 0   # leases waiting: trials do not jump ahead of them
         self._actor_cls = ray.remote(TrialActor)
         self._idle: list[tuple[tuple, Any, float]] = []  # (shape, actor, idle since), reused by shape
         self._blobs: OrderedDict[str, Any] = OrderedDict()  # sha256 -> ObjectRef
@@ -132,9 +135,42 @@ class RayExecutor:
     def fits_ever(self, gpus: int) -> bool:
         return gpus <= self._max_node_gpus  # a trial's GPUs are on one node
 
+    def _free(self, gpus: int) -> bool:  # holding the lock
+        return len(self._running) + self._leased < self.slots and self._used_gpus + gpus <= self.total_gpus
+
     def can_start(self, gpus: int = 0) -> bool:
         with self._lock:
-            return len(self._running) < self.slots and self._used_gpus + gpus <= self.total_gpus
+            return not self._lease_waiting and self._free(gpus)
+
+    @contextmanager
+    def lease(self, gpus: int = 0) -> Iterator[list[str]]:
+        """Hold a slot (and `gpus` GPUs) for a run that is not a trial; see `LocalExecutor.lease`.
+
+        Yields the leased ids for a custom GPU resource, else [] (Ray assigns real GPUs).
+        """
+        if gpus > self.total_gpus:
+            raise ExecutionError(f"a lease of {gpus} GPU(s) can never be served: the cluster has {self.total_gpus}")
+        with self._lock:
+            self._lease_waiting += 1
+            try:
+                self._lock.wait_for(lambda: self._free(gpus))
+            finally:
+                self._lease_waiting -= 1
+            self._leased += 1
+            self._used_gpus += gpus
+            ids: list[str] = []
+            if self._free_ids is not None:
+                ids, self._free_ids = self._free_ids[:gpus], self._free_ids[gpus:]
+        try:
+            yield ids
+        finally:
+            with self._lock:
+                self._leased -= 1
+                self._used_gpus -= gpus
+                if self._free_ids is not None:
+                    self._free_ids.extend(ids)
+                self._lock.notify_all()
+            self._events.wake()
 
     # -- launching -----------------------------------------------------------------
     def start(self, trial_id: int, trial_dir: Path, gpus: int = 0) -> int:
@@ -142,7 +178,7 @@ class RayExecutor:
         trial_dir = Path(trial_dir).resolve()
         job = json.loads((trial_dir / "job.json").read_text())
         with self._lock:
-            if len(self._running) >= self.slots or self._used_gpus + gpus > self.total_gpus:
+            if not self._free(gpus):
                 raise ExecutionError(f"no free slot for trial {trial_id}")
             lease = None
             if self._free_ids is not None:
@@ -315,6 +351,7 @@ class RayExecutor:
             self._used_gpus -= run.gpus
             if self._free_ids is not None:
                 self._free_ids.extend(run.lease)
+            self._lock.notify_all()  # a waiting lease may take the slot
         self._events.put(Finished(trial_id, None if record is None else TrialRecord.read(run.trial_dir), gpus))
 
     def wake(self) -> None:
