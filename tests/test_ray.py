@@ -259,3 +259,16 @@ def test_importing_ideaforge_does_not_import_ray():
     code = "import sys, ideaforge.execute.ray, ideaforge.search.campaign; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_ray_choice_is_saved_in_the_campaign_and_leases_take_slots(cluster, tmp_path):
+    camp = Campaign.create(tmp_path / "camp", load_env(make_toy_env(tmp_path / "env")))
+    with camp.make_executor("ray", address=cluster, slots=1) as ex:
+        assert isinstance(ex, RayExecutor) and ex.can_start(0)
+        with ex.lease() as ids:
+            assert ids == [] and not ex.can_start(0)
+        assert ex.can_start(0)
+    again = Campaign.open(camp.root)
+    assert again.store.get_meta("executor") == {"name": "ray", "slots": 1, "address": cluster}
+    with again.make_executor() as ex:  # `ideaforge resume DIR`: no --executor, no --ray-address
+        assert isinstance(ex, RayExecutor) and ex.slots == 1
