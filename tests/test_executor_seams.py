@@ -37,7 +37,7 @@ def test_unknown_outcomes_are_refused_everywhere(tmp_path):
         TrialRecord.from_dict({"outcome": "crash"})
     camp = _campaign(tmp_path)
     tid = camp.store.add_trial("baseline", seed=0, budget_s=1)
-    camp.store.mark_running(tid)
+    assert camp.store.claim(tid)
     with pytest.raises(StoreError, match="unknown outcome 'crash'"):
         camp.store.finish_trial(tid, {"outcome": "crash"})
     assert camp.store.trial(tid)["status"] == "running"

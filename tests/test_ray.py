@@ -147,7 +147,7 @@ def test_one_and_two_gpu_trials_share_the_queue_without_oversubscription(cluster
         while todo or ex.running():
             while todo and ex.can_start(todo[0][1]):
                 trial, g = todo.pop(0)
-                camp.store.mark_running(trial["id"])
+                assert camp.store.claim(trial["id"])
                 ex.start(trial["id"], camp.prepare_trial_dir(trial), g)
             for fin in ex.wait(timeout=30):
                 done[fin.trial_id] = fin

@@ -257,12 +257,6 @@ class Store:
                            (time.time(), trial_id))
         return cur.rowcount == 1
 
-    def mark_running(self, trial_id: int, pid: int | None = None) -> None:
-        """Kept for callers that do not need the claim's answer; prefer `claim`."""
-        self.claim(trial_id)
-        if pid is not None:
-            self.set_pid(trial_id, pid)
-
     def set_pid(self, trial_id: int, pid: int) -> None:
         self.execute("UPDATE trials SET pid=? WHERE id=?", (pid, trial_id))
 

@@ -125,7 +125,8 @@ def make_diff(epoch: int, k: int) -> str:
 def _trial(store: Store, impl: int | None, role: str, seed: int, metric: float | None, outcome: str,
            reason: str | None) -> int:
     tid = store.add_trial(role, seed=seed, budget_s=60, implementation_id=impl)
-    store.mark_running(tid, pid=1)
+    store.claim(tid)
+    store.set_pid(tid, 1)
     start = 2.3 if metric is None else metric + 0.8
     curve = [{"step": s * 10, "train_loss": start - (0.8 if metric else 0.3) * (1 - 0.7 ** s)} for s in range(8)]
     tdir = store.trial_dir(tid)
