@@ -244,8 +244,9 @@ class TrialRunner:
     def step(self, timeout: float | None = None) -> None:
         """Start what fits, then wait for at least one finished trial (or the timeout)."""
         self.start_queued()
-        if self.executor.running() == 0:
+        if self.executor.running() == 0 and self.pending()[0] == 0:
             return  # everything queued was refused before it could run
+        # Trials run, or queued ones wait for a slot a lease (smoke run) holds: its release wakes us.
         for fin in self.executor.wait(timeout):
             self.handle(fin)
 
