@@ -85,19 +85,31 @@ def register(name: str, factory: Factory) -> None:
 
 
 def backends() -> list[str]:
+    """Registered backends (those of other packages appear once built by name)."""
     return sorted(_REGISTRY)
 
 
 def make_executor(name: str = "local", *, slots: int | None = None, gpus: Sequence[str] | None = None,
                   address: str | None = None, cpus_per_trial: int = 1, gpus_per_trial: int = 0) -> Executor:
     """Build the backend registered as `name`. Raises ConfigError for an unknown name or bad values."""
-    factory = _REGISTRY.get(name)
+    factory = _REGISTRY.get(name) or _entry_point(name)
     if factory is None:
         raise ConfigError(f"unknown executor {name!r}; the executors are {', '.join(backends())}")
     if slots is not None and slots < 1:
         raise ConfigError(f"slots must be at least 1, got {slots}")
     return factory(slots=slots, gpus=None if gpus is None else [str(g) for g in gpus], address=address,
                    cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial)
+
+
+def _entry_point(name: str) -> Factory | None:
+    """A backend shipped by another package: `[project.entry-points."ideaforge.executors"] NAME = "mod:factory"`."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="ideaforge.executors"):
+        if ep.name == name:
+            register(name, ep.load())
+            return _REGISTRY[name]
+    return None
 
 
 def detect_gpus() -> list[str]:
