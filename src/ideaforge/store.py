@@ -421,12 +421,17 @@ class ControllerLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            # The holder writes its pid just after locking: wait (briefly) for it to appear.
+            deadline = time.monotonic() + 2.0
+            while not (holder := os.pread(fd, 64, 0).decode(errors="replace").strip()) and time.monotonic() < deadline:
+                time.sleep(0.01)
             os.close(fd)
+            holder = holder or "?"
             raise StoreError(f"{root} is being run by another controller (pid {holder}); "
                              f"stop it first, or watch it with `ideaforge status {root}`") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)  # over an earlier holder's pid, then cut: never an empty file
+        os.ftruncate(fd, len(pid))
         return cls(path, fd)
 
     def release(self) -> None:
