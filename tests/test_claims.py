@@ -145,6 +145,10 @@ def test_a_trial_whose_worker_dies_every_time_ends_failed_after_the_cap(tmp_path
     assert f"trial {tid}: re-queued 2 times" in lines, lines
     data = load_campaign(camp.root)
     assert data["summary"]["requeues"] == 2 and data["state"]["requeues"] == 2
+    from ideaforge.report import write_report
+
+    html = write_report(camp.root).read_text()
+    assert "2 re-queued (worker died)" in html  # (per trial, "re-queued ×N" in its idea's table)
 
 
 def test_a_controller_killed_before_the_worker_started_does_not_count_against_the_cap(tmp_path):
