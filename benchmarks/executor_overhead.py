@@ -61,7 +61,7 @@ def main() -> int:
             for i in range(args.trials):
                 camp.store.add_trial("baseline", seed=i, budget_s=args.seconds)
         if args.executor == "ray":
-            from ideaforge.execute.ray_backend import RayExecutor
+            from ideaforge.execute.ray import RayExecutor
 
             init = {} if args.ray_address else {"num_cpus": args.slots}
             executor = RayExecutor(args.ray_address, slots=args.slots, init_kwargs=init)

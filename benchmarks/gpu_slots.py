@@ -18,7 +18,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
-from ideaforge.cli import detect_gpus
+from ideaforge.execute.base import detect_gpus
 from ideaforge.envs import load_env
 from ideaforge.execute.local import LocalExecutor
 from ideaforge.search.campaign import Campaign, TrialRunner

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow  # a Ray cluster takes ~10 s to start; the module 
 
 from fakes.toyenv import make_toy_env  # noqa: E402
 from ideaforge.envs import load_env  # noqa: E402
-from ideaforge.execute.ray_backend import RayExecutor  # noqa: E402
+from ideaforge.execute.ray import RayExecutor  # noqa: E402
 from ideaforge.search.campaign import Campaign, TrialRunner  # noqa: E402
 
 SECRETS = ("OPENAI_API_KEY", "HF_TOKEN", "MY_SERVICE_SECRET", "DB_PASSWORD")
@@ -147,7 +147,7 @@ def test_one_and_two_gpu_trials_share_the_queue_without_oversubscription(cluster
         while todo or ex.running():
             while todo and ex.can_start(todo[0][1]):
                 trial, g = todo.pop(0)
-                camp.store.mark_running(trial["id"])
+                assert camp.store.claim(trial["id"])
                 ex.start(trial["id"], camp.prepare_trial_dir(trial), g)
             for fin in ex.wait(timeout=30):
                 done[fin.trial_id] = fin
@@ -220,7 +220,7 @@ def test_stop_all_kills_the_trial_tree_on_the_node(cluster, tmp_path):
 
 CONTROLLER = """
 import sys
-from ideaforge.execute.ray_backend import RayExecutor
+from ideaforge.execute.ray import RayExecutor
 from ideaforge.search.campaign import Campaign, TrialRunner
 camp = Campaign.open(sys.argv[1])
 with RayExecutor(sys.argv[2]) as ex:
@@ -256,6 +256,19 @@ def test_killed_controller_reattaches_instead_of_rerunning(cluster, tmp_path):
 
 
 def test_importing_ideaforge_does_not_import_ray():
-    code = "import sys, ideaforge.execute.ray_backend, ideaforge.search.campaign; print('ray' in sys.modules)"
+    code = "import sys, ideaforge.execute.ray, ideaforge.search.campaign; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_ray_choice_is_saved_in_the_campaign_and_leases_take_slots(cluster, tmp_path):
+    camp = Campaign.create(tmp_path / "camp", load_env(make_toy_env(tmp_path / "env")))
+    with camp.make_executor("ray", address=cluster, slots=1) as ex:
+        assert isinstance(ex, RayExecutor) and ex.can_start(0)
+        with ex.lease() as ids:
+            assert ids == [] and not ex.can_start(0)
+        assert ex.can_start(0)
+    again = Campaign.open(camp.root)
+    assert again.store.get_meta("executor") == {"name": "ray", "slots": 1, "address": cluster}
+    with again.make_executor() as ex:  # `ideaforge resume DIR`: no --executor, no --ray-address
+        assert isinstance(ex, RayExecutor) and ex.slots == 1

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from ideaforge.envs import load_env
 from ideaforge.execute.local import LocalExecutor
 from ideaforge.ideate import offline_ideator
 from ideaforge.search.campaign import Campaign
-from ideaforge.search.judge import leaderboard
+from ideaforge.stats import leaderboard
 from ideaforge.search.loop import Search, SearchConfig
 from ideaforge.store import Store
 
@@ -102,6 +103,36 @@ def test_best_of_n_uses_no_feedback(tmp_path):
     assert all(not i["parents"] for i in camp.store.ideas())
 
 
+def _wait_until(cond, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out waiting for a kill point"
+        time.sleep(0.05)
+
+
+def _done(camp: Path) -> int:
+    try:
+        store = Store.open_readonly(camp)
+    except Exception:  # not created yet, or mid-migration
+        return 0
+    try:
+        return store.trial_counts()["done"]
+    finally:
+        store.close()
+
+
+def _meta(camp: Path, key: str):
+    try:
+        store = Store.open_readonly(camp)
+    except Exception:
+        return None
+    try:
+        return store.get_meta(key)
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
 def test_sigkill_mid_campaign_resumes_to_the_same_leaderboard(tmp_path):
     env = quadratic_env(tmp_path / "env")
     reference = run_offline(env, tmp_path / "ref", epochs=3, ideas=4, confirm_top=2, confirm_seeds=2)
@@ -112,19 +143,22 @@ def test_sigkill_mid_campaign_resumes_to_the_same_leaderboard(tmp_path):
             "--confirm-seeds", "2", "--slots", "2", "--offline"]
     proc = subprocess.Popen([sys.executable, "-m", "ideaforge.cli", "run", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # Kill points are states of the campaign, not times, so they mean the same on a loaded
+    # machine: just created, mid-search (twice in quick succession), and in the confirmation phase.
+    points = [lambda: (camp / "campaign.db").exists(), lambda: _done(camp) >= 4, lambda: True,
+              lambda: _done(camp) >= 9, lambda: _meta(camp, "confirm_ideas") is not None]
     kills = 0
-    for delay in (1.5, 1.0, 2.0, 0.7, 1.2, 1.6):
-        try:
-            proc.wait(timeout=delay)
+    for point in points:
+        _wait_until(lambda: point() or proc.poll() is not None)
+        if proc.poll() is not None:
             break
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            kills += 1
-            proc = subprocess.Popen([sys.executable, "-m", "ideaforge.cli", "resume", str(camp), "--slots", "2"],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc.kill()
+        proc.wait()
+        kills += 1
+        proc = subprocess.Popen([sys.executable, "-m", "ideaforge.cli", "resume", str(camp)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert proc.wait(timeout=180) == 0
-    assert kills >= 2
+    assert kills >= 4
     store = Store.open_readonly(camp)
     ideas = store.ideas()
     titles = [i["title"] for i in ideas]
@@ -257,3 +291,53 @@ def test_scripted_model_campaign_on_nanogpt_cpu(tmp_path, monkeypatch):
     # Every model call is stored with its purpose.
     purposes = {r[0] for r in store.execute("SELECT purpose FROM llm_calls").fetchall()}
     assert {"implement", "repair"} <= purposes and any(p.startswith("ideate") for p in purposes)
+
+
+class CountingIdeator:
+    """Proposes the same idea twice (de-duplication keeps one), and counts how often it is asked."""
+
+    name = "counting"
+
+    def __init__(self):
+        self.calls = 0
+
+    def initial(self, ctx, n):
+        from ideaforge.ideate import Idea
+
+        self.calls += 1
+        return [Idea("Raise the learning rate", "LR 0.1 -> 0.4")] * n
+
+
+def test_resume_does_not_ask_the_ideator_again_for_an_epoch_left_short(tmp_path):
+    """Issue 16.4: an epoch short of --ideas because duplicates were dropped is ideated once, not per resume."""
+    spec = load_env(quadratic_env(tmp_path / "env"))
+    camp = Campaign.create(tmp_path / "camp", spec)
+    ideator = CountingIdeator()
+    with LocalExecutor(slots=1) as ex:
+        search = Search(camp, ex, ideator, SearchConfig(ideas=3))
+        assert len(search.ideas_for(0)) == 1
+        again = Search(camp, ex, ideator, SearchConfig(ideas=3))  # a resumed controller
+        assert len(again.ideas_for(0)) == 1
+    assert ideator.calls == 1
+
+
+def test_resume_in_the_confirmation_phase_confirms_the_same_ideas(tmp_path):
+    """Issue 16.5: the confirmation set is picked once; a partial confirm seed that reorders the
+    leaderboard does not change it on resume."""
+    camp = run_offline(quadratic_env(tmp_path / "env"), tmp_path / "camp", epochs=1, ideas=4, confirm_top=2,
+                       confirm_seeds=2)
+    store = camp.store
+    picked = store.get_meta("confirm_ideas")
+    assert len(picked) == 2
+    n_trials = len(store.trials())
+    # A confirm seed of the best idea measured terribly: the leaderboard's top 2 changes.
+    worst = min(t["metric"] for t in store.trials() if t["metric"] is not None)
+    confirm = next(t for t in store.trials(role="confirm") if t["implementation_id"])
+    store.execute("UPDATE trials SET metric=? WHERE id=?", (worst - 100, confirm["id"]))
+    _, rows = leaderboard(store, "max")
+    assert [r["idea_id"] for r in rows if r["stats"]][:2] != picked
+    with LocalExecutor(slots=2) as ex:
+        Search(camp, ex, offline_ideator(camp.spec),
+               SearchConfig(epochs=1, ideas=4, confirm_top=2, confirm_seeds=2)).confirm()
+    assert store.get_meta("confirm_ideas") == picked
+    assert len(store.trials()) == n_trials  # nothing new to run: the same ideas already have their seeds

@@ -73,22 +73,62 @@ def test_default_timeout_and_builtin_envs_load():
         assert spec.timeout_s > spec.budget_s
 
 
-def test_lower_layers_never_import_higher_ones():
-    """The module map of DESIGN.md: envs -> stdlib; llm -> nothing of ours; execute -> envs."""
-    allowed = {
-        "envs": {"envs", "errors"}, "llm": {"llm", "errors"}, "execute": {"execute", "envs", "errors"},
-        "store": {"store", "errors"}, "ideate": {"ideate", "llm", "envs", "edit", "errors"},
-        "implement": {"implement", "llm", "envs", "edit", "errors"}, "edit": {"edit", "envs", "errors"},
-    }
-    for layer, ok in allowed.items():
-        files = [SRC / f"{layer}.py"] if (SRC / f"{layer}.py").exists() else list((SRC / layer).rglob("*.py"))
-        for f in files:
-            for node in ast.walk(ast.parse(f.read_text())):
-                names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                    [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
-                for n in names:
-                    if n.startswith("ideaforge."):
-                        assert n.split(".")[1] in ok, f"{f.relative_to(SRC)} imports {n}"
+# DESIGN.md's module map, every layer: what each may import besides itself. `errors` and
+# `outcomes` (the closed vocabularies: exceptions, trial outcomes) sit at the bottom, under all.
+BOTTOM = {"errors", "outcomes"}
+_BELOW_SEARCH = BOTTOM | {"envs", "llm", "store", "stats", "edit", "ideate", "implement", "execute"}
+LAYERS: dict[str, set[str]] = {
+    "errors": set(),
+    "outcomes": set(),
+    "envs": BOTTOM,
+    "llm": BOTTOM,
+    "store": BOTTOM | {"stats"},        # store + statistics: one layer
+    "stats": BOTTOM | {"store"},
+    "edit": BOTTOM | {"envs"},
+    "ideate": BOTTOM | {"llm", "envs", "edit"},
+    "implement": BOTTOM | {"llm", "envs", "edit"},
+    "execute": BOTTOM | {"envs"},
+    "search": _BELOW_SEARCH,
+    "rl": _BELOW_SEARCH,                 # what search may use, not search itself
+    "report": BOTTOM | {"store", "stats"},
+    "cli": _BELOW_SEARCH | {"search", "rl", "report"},
+}
+
+
+def _layer_files(layer: str) -> list[pathlib.Path]:
+    return [SRC / f"{layer}.py"] if (SRC / f"{layer}.py").exists() else sorted((SRC / layer).rglob("*.py"))
+
+
+def _ideaforge_imports(path: pathlib.Path) -> set[str]:
+    """Top-level ideaforge modules `path` imports, absolute or relative, anywhere in the file."""
+    package = path.relative_to(SRC.parent).with_suffix("").parts[:-1]  # ("ideaforge", "search")
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            mods = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            mod = ".".join(base + ([node.module] if node.module else []))
+            mods = [f"{mod}.{a.name}" for a in node.names] if mod == "ideaforge" else [mod]
+        else:
+            continue
+        found |= {m.split(".")[1] for m in mods if m.startswith("ideaforge.")}
+    return found
+
+
+def test_the_map_names_every_module():
+    present = {p.stem for p in SRC.iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()} - {"__init__"}
+    assert present <= set(LAYERS), f"modules missing from DESIGN's map: {sorted(present - set(LAYERS))}"
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_lower_layers_never_import_higher_ones(layer):
+    """Each layer imports only itself and what DESIGN's table allows it."""
+    bad = []
+    for f in _layer_files(layer):
+        for mod in sorted(_ideaforge_imports(f) - LAYERS[layer] - {layer}):
+            bad.append(f"{f.relative_to(SRC)} imports ideaforge.{mod}")
+    assert not bad, "\n".join(bad)
 
 
 def test_importing_the_package_does_nothing():

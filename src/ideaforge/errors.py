@@ -10,7 +10,8 @@
     └── LLMError              a model call failed for good (after retries)
         └── MissingKey        a provider key named by reference is not set
 
-Trial failures are not exceptions: they are outcomes (see execute.outcomes).
+Trial failures are not exceptions: they are outcomes (the closed vocabulary in
+`ideaforge.outcomes`, carried by `execute.record.TrialRecord`).
 """
 
 

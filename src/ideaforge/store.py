@@ -13,7 +13,9 @@ Layout of a campaign directory:
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ideaforge.errors import StoreError
+from ideaforge.outcomes import OUTCOMES
 
 DB_NAME = "campaign.db"
 
@@ -92,12 +95,19 @@ MIGRATIONS: list[str] = [
         started_at REAL NOT NULL
     );
     """,
+    # 2: re-queues because the trial's worker died (capped; shown in status and the report),
+    # apart from `attempt`, which also counts re-queues of trials stopped by the controller.
+    """
+    ALTER TABLE trials ADD COLUMN requeues INTEGER NOT NULL DEFAULT 0;
+    """,
 ]
+
+LOCK_NAME = "controller.lock"
 
 TRIAL_FIELDS = (
     "id", "implementation_id", "role", "seed", "budget_s", "status", "outcome", "metric",
     "metrics", "curve", "reason", "exit_code", "train_s", "eval_s", "pid", "attempt",
-    "created", "started", "ended",
+    "created", "started", "ended", "requeues",
 )
 
 
@@ -183,6 +193,16 @@ class Store:
         row = self.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return json.loads(row[0]) if row else default
 
+    def set_env_facts(self, facts: dict[str, Any]) -> None:
+        """The environment as resolved when the campaign was made (name, metric, goal, budget_s,
+        timeout_s, cpus, gpus, profile, description): what views need, without the env directory."""
+        self.set_meta("env", facts)
+
+    def env_facts(self) -> dict[str, Any]:
+        """The stored facts; {} for a campaign made before they were stored (it gets them on its
+        next `Campaign.open`)."""
+        return self.get_meta("env") or {}
+
     def set_env_files(self, rows: Iterable[tuple[str, str, str, int]]) -> None:
         with self.tx():
             self.execute("DELETE FROM env_files")
@@ -205,33 +225,71 @@ class Store:
             raise StoreError(f"no trial {trial_id} in {self.root}")
         return _trial_dict(row)
 
-    def trials(self, *, status: str | None = None, role: str | None = None) -> list[dict[str, Any]]:
+    def trials(self, *, status: str | None = None, role: str | None = None,
+               implementation_id: int | None = None) -> list[dict[str, Any]]:
         sql, args = "SELECT * FROM trials WHERE 1=1", []
         if status:
             sql, args = sql + " AND status = ?", args + [status]
         if role:
             sql, args = sql + " AND role = ?", args + [role]
+        if implementation_id is not None:
+            sql, args = sql + " AND implementation_id = ?", args + [implementation_id]
         with self.lock:
             rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
         return [_trial_dict(r) for r in rows]
 
-    def mark_running(self, trial_id: int, pid: int | None = None) -> None:
-        self.execute(
-            "UPDATE trials SET status='running', pid=?, started=? WHERE id=? AND status IN ('queued','running')",
-            (pid, time.time(), trial_id),
-        )
+    def trial_counts(self) -> dict[str, int]:
+        """Trials per status: {"queued": n, "running": n, "done": n} (zeros included)."""
+        counts = {"queued": 0, "running": 0, "done": 0}
+        for status, n in self.execute("SELECT status, COUNT(*) FROM trials GROUP BY status").fetchall():
+            counts[status] = n
+        return counts
+
+    def count_trials(self, implementation_id: int) -> int:
+        """Trials (any role, any status) of one implementation."""
+        return int(self.execute("SELECT COUNT(*) FROM trials WHERE implementation_id=?",
+                                (implementation_id,)).fetchone()[0])
+
+    def claim(self, trial_id: int) -> bool:
+        """Queued -> running, atomically: True for exactly one caller, False when the trial was
+        not queued (another controller took it, or it is done)."""
+        cur = self.execute("UPDATE trials SET status='running', pid=NULL, started=? WHERE id=? AND status='queued'",
+                           (time.time(), trial_id))
+        return cur.rowcount == 1
 
     def set_pid(self, trial_id: int, pid: int) -> None:
         self.execute("UPDATE trials SET pid=? WHERE id=?", (pid, trial_id))
 
-    def requeue(self, trial_id: int) -> None:
-        self.execute(
-            "UPDATE trials SET status='queued', pid=NULL, started=NULL, attempt=attempt+1 WHERE id=? AND status='running'",
-            (trial_id,),
-        )
+    def requeue(self, trial_id: int, worker_died: bool = False) -> int:
+        """Running -> queued. `worker_died` counts it toward the trial's re-queue cap.
+        Returns the trial's re-queues because its worker died, so far."""
+        with self.tx():
+            self.conn.execute(
+                "UPDATE trials SET status='queued', pid=NULL, started=NULL, attempt=attempt+1, requeues=requeues+? "
+                "WHERE id=? AND status='running'", (int(worker_died), trial_id))
+            row = self.conn.execute("SELECT requeues FROM trials WHERE id=?", (trial_id,)).fetchone()
+        return int(row[0]) if row else 0
 
-    def finish_trial(self, trial_id: int, record: dict[str, Any]) -> bool:
-        """Ingest a worker's record once. Returns False when the trial was already done."""
+    def requeued_trials(self) -> list[dict[str, Any]]:
+        """Trials re-queued at least once because their worker died: id, role, status, outcome, requeues."""
+        rows = self.execute("SELECT id, role, status, outcome, requeues FROM trials WHERE requeues > 0 "
+                            "ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
+    def controller_lock(self) -> "ControllerLock":
+        """Take the campaign's controller lock (see ControllerLock); StoreError when another holds it."""
+        return ControllerLock.acquire(self.root)
+
+    def finish_trial(self, trial_id: int, record: Any) -> bool:
+        """Ingest a worker's record (an `execute.record.TrialRecord`, or its dict) once.
+
+        Returns False when the trial was already done. An outcome outside the closed
+        vocabulary is refused (StoreError): it would be a bug upstream, not a result.
+        """
+        record = record.to_dict() if hasattr(record, "to_dict") else dict(record)
+        if record.get("outcome") not in OUTCOMES:
+            raise StoreError(f"trial {trial_id}: unknown outcome {record.get('outcome')!r} "
+                             f"(the outcomes are {', '.join(OUTCOMES)})")
         cur = self.execute(
             """UPDATE trials SET status='done', outcome=?, metric=?, metrics=?, curve=?, reason=?,
                    exit_code=?, train_s=?, eval_s=?, ended=?
@@ -280,6 +338,13 @@ class Store:
         )
         return int(cur.lastrowid)
 
+    def implementation_files(self, implementation_id: int) -> dict[str, str | None]:
+        """The files an implementation changes: {path: new content, or None for deleted}."""
+        row = self.execute("SELECT files FROM implementations WHERE id=?", (implementation_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no implementation {implementation_id} in {self.root}")
+        return json.loads(row[0])
+
     def implementations(self, idea_id: int | None = None) -> list[dict[str, Any]]:
         sql, args = "SELECT * FROM implementations", []
         if idea_id is not None:
@@ -313,6 +378,68 @@ class Store:
         row = self.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0), COALESCE(SUM(input_tokens), 0), "
                            "COALESCE(SUM(output_tokens), 0) FROM llm_calls").fetchone()
         return {"calls": row[0], "cost_usd": float(row[1]), "input_tokens": row[2], "output_tokens": row[3]}
+
+    def llm_usage_by_model(self) -> list[dict[str, Any]]:
+        """One row per model: calls, input_tokens, output_tokens, cost_usd; most expensive first."""
+        return [dict(r) for r in self.execute(
+            """SELECT model, COUNT(*) AS calls, SUM(input_tokens) AS input_tokens,
+                      SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd
+               FROM llm_calls GROUP BY model ORDER BY SUM(cost_usd) DESC, model""").fetchall()]
+
+    def progress_counters(self) -> dict[str, Any]:
+        """Cheap counters that change whenever anything a view shows changes (the live view polls them)."""
+        t = self.execute(
+            """SELECT COUNT(*), COALESCE(SUM(status='done'), 0), COALESCE(SUM(status='running'), 0),
+                      COALESCE(SUM(status='queued'), 0), MAX(CASE WHEN status='done' THEN id END),
+                      MAX(ended), MAX(started), COALESCE(SUM(attempt), 0) FROM trials""").fetchone()
+        ideas = self.execute("SELECT COUNT(*), MAX(id) FROM ideas").fetchone()
+        impls = self.execute("SELECT COUNT(*) FROM implementations").fetchone()
+        statuses = self.execute("SELECT GROUP_CONCAT(status) FROM (SELECT status FROM ideas ORDER BY id)").fetchone()
+        calls = self.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()
+        return {"trials": t[0], "trials_done": t[1], "trials_running": t[2], "trials_queued": t[3],
+                "last_trial": t[4], "last_ended": t[5], "last_started": t[6], "requeues": t[7],
+                "ideas": ideas[0], "implementations": impls[0], "idea_statuses": statuses[0],
+                "llm_calls": calls[0], "llm_cost": calls[1]}
+
+
+class ControllerLock:
+    """One controller per campaign directory: an exclusive flock on DIR/controller.lock.
+
+    Held for the controller's life (the kernel drops it when the process dies, even by
+    SIGKILL, so a stale lock never blocks a resume). The holder's pid is written in the
+    file so a refused second controller can name it.
+    """
+
+    def __init__(self, path: Path, fd: int):
+        self.path = path
+        self.fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, root: Path) -> "ControllerLock":
+        path = Path(root) / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            # The holder writes its pid just after locking: wait (briefly) for it to appear.
+            deadline = time.monotonic() + 2.0
+            while not (holder := os.pread(fd, 64, 0).decode(errors="replace").strip()) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            os.close(fd)
+            holder = holder or "?"
+            raise StoreError(f"{root} is being run by another controller (pid {holder}); "
+                             f"stop it first, or watch it with `ideaforge status {root}`") from None
+        pid = f"{os.getpid()}\n".encode()
+        os.pwrite(fd, pid, 0)  # over an earlier holder's pid, then cut: never an empty file
+        os.ftruncate(fd, len(pid))
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = None
+
+    __del__ = release
 
 
 class _Tx:

@@ -60,6 +60,9 @@ def build_campaign(root: Path, *, epochs: int = 3, ideas: int = 5, seed: int = 0
     (store.env_dir / "ideaforge.toml").write_text(ENV_TOML)
     (store.env_dir / "train.py").write_text(TRAIN_PY)
     store.set_meta("env_name", "synthetic-gpt")
+    store.set_env_facts({"name": "synthetic-gpt", "metric": "val_loss", "goal": "min", "budget_s": 60,
+                         "timeout_s": 180, "cpus": 2, "gpus": 1, "profile": None,
+                         "description": "A synthetic campaign for report tests: lower val_loss is better."})
     store.set_meta("env_root", str(root / "gone"))
     store.set_meta("created", time.time() - 3600)
     store.set_meta("config", {"command": "run", "search": {"mode": mode, "epochs": epochs, "ideas": ideas,
@@ -122,7 +125,8 @@ def make_diff(epoch: int, k: int) -> str:
 def _trial(store: Store, impl: int | None, role: str, seed: int, metric: float | None, outcome: str,
            reason: str | None) -> int:
     tid = store.add_trial(role, seed=seed, budget_s=60, implementation_id=impl)
-    store.mark_running(tid, pid=1)
+    store.claim(tid)
+    store.set_pid(tid, 1)
     start = 2.3 if metric is None else metric + 0.8
     curve = [{"step": s * 10, "train_loss": start - (0.8 if metric else 0.3) * (1 - 0.7 ** s)} for s in range(8)]
     tdir = store.trial_dir(tid)

@@ -6,10 +6,7 @@ A new command is one function in one module of this package, decorated with `@ap
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from enum import Enum
@@ -104,14 +101,14 @@ class Mode(str, Enum):
 
 ExecutorOpt = Annotated[Optional[Backend], typer.Option(
     "--executor", help="where trials run: local (this machine) or ray (a Ray cluster; see docs/ray.md) "
-    "[default: local]")]
+    "[default: local; on resume, the campaign's saved choice]")]
 RayAddressOpt = Annotated[Optional[str], typer.Option(
     "--ray-address", help="with --executor ray: auto, HOST:6379 or ray://HOST:10001 [default: start a local Ray]")]
 
 
 @dataclass(frozen=True)
 class ExecutorChoice:
-    executor: str | None = None  # None: local, or on resume the campaign's saved choice (seams branch)
+    executor: str | None = None  # None: local, or on resume the campaign's saved choice
     slots: int | None = None
     gpus: str | None = None
     ray_address: str | None = None
@@ -125,34 +122,10 @@ class ExecutorChoice:
         return [g.strip() for g in self.gpus.split(",") if g.strip()] if self.gpus else None
 
 
-def detect_gpus() -> list[str]:
-    """GPU ids from nvidia-smi (no CUDA import); empty on machines without one."""
-    if shutil.which("nvidia-smi") is None:
-        return []
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
-
-
 def make_executor(choice: ExecutorChoice, campaign):
-    """The executor for a campaign's trials. (Where the seams branch is merged, this becomes
-    `campaign.make_executor(choice.executor, slots=..., gpus=..., address=choice.ray_address)`,
-    which also remembers the choice for `resume`.)"""
-    spec = campaign.spec
-    if choice.executor == "ray":
-        from ideaforge.execute.ray_backend import RayExecutor  # imports ray: only when asked for
-
-        return RayExecutor(choice.ray_address, slots=choice.slots, cpus_per_trial=spec.cpus)
-    from ideaforge.execute.local import LocalExecutor
-
-    gpus = choice.gpu_list() if choice.gpus else (detect_gpus() if spec.gpus else [])
-    if spec.gpus:
-        default_slots = max(1, len(gpus) // spec.gpus)
-    else:
-        default_slots = max(1, (os.cpu_count() or 1) // spec.cpus)
-    return LocalExecutor(slots=choice.slots or default_slots, gpus=gpus)
+    """The campaign's saved executor choice, with the flags given on top; the result is saved for `resume`."""
+    return campaign.make_executor(choice.executor, slots=choice.slots, gpus=choice.gpu_list(),
+                                  address=choice.ray_address)
 
 
 def fmt_duration(seconds: float) -> str:

@@ -191,10 +191,9 @@ def baseline(
         spec = load_env(env)
         budget_s = budget or spec.budget_s
         campaign = Campaign.create(dir or default_dir("baseline", spec.name), spec,
-                                   {"command": "baseline", "seeds": seeds, "budget_s": budget_s})
-        with campaign.store.tx():
-            for s in range(seeds):
-                campaign.store.add_trial("baseline", seed=s, budget_s=budget_s)
+                                   {"command": "baseline", "seeds": seeds, "budget_s": budget_s},
+                                   setup=lambda store: [store.add_trial("baseline", seed=s, budget_s=budget_s)
+                                                        for s in range(seeds)])
         say(f"campaign {campaign.root}: {seeds} baseline trials of {spec.name}, {budget_s:.0f} s each")
     trials = campaign.store.trials(role="baseline")
     ex = make_executor(choice, campaign)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import queue
 from dataclasses import dataclass
 
+from ideaforge.execute.record import TrialRecord
+
 
 @dataclass
 class Finished:
     trial_id: int
-    record: dict | None  # None: the worker died without a record (stopped, or crashed): re-queue
+    record: TrialRecord | None  # None: the worker died without a record (stopped, or crashed): re-queue
     gpus: list[str]
 
 

@@ -1,4 +1,4 @@
-"""The job description a worker runs, and the closed vocabulary of trial outcomes."""
+"""The job description a worker runs (the outcomes it ends with: `ideaforge.outcomes`)."""
 
 from __future__ import annotations
 
@@ -6,18 +6,6 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-# The closed set of ways a trial ends. Classified where they arise (the worker), never
-# by matching messages afterwards.
-OUTCOMES = (
-    "evaluated",  # trained, evaluated, metric recorded
-    "failed",     # training exited non-zero (exit code and log tail in the reason)
-    "timeout",    # killed at the hard timeout, with its whole process tree
-    "oom",        # died of memory exhaustion (MemoryError, CUDA OOM, or the kernel's OOM kill)
-    "diverged",   # the evaluator measured a non-finite metric
-    "no_result",  # trained, but the evaluator found nothing to score or could not finish
-    "invalid",    # the evaluator caught a rule break (future-token leak, tampered vocab...)
-)
 
 
 @dataclass

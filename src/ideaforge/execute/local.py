@@ -17,11 +17,13 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from ideaforge.errors import ExecutionError
 from ideaforge.execute.events import Events, Finished
+from ideaforge.execute.record import TrialRecord
 
 WORKER_MODULE = "ideaforge.execute.worker"
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the directory holding ideaforge/
@@ -38,7 +40,9 @@ class LocalExecutor:
         self.total_gpus = len(self._free_gpus)
         self._events = Events()
         self._running: dict[int, tuple[int, list[str]]] = {}  # trial id -> (worker pid, gpu ids)
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
+        self._leased = 0          # slots held by non-trial runs (smoke checks)
+        self._lease_waiting = 0   # leases waiting for a slot: trials do not jump ahead of them
         # Idle workers, kept between trials: a trial's start is a pipe write, not an
         # interpreter start (which, 8 at a time on 2 cores, cost ~100 ms per trial).
         self._idle: list[subprocess.Popen] = []
@@ -56,15 +60,44 @@ class LocalExecutor:
     def fits_ever(self, gpus: int) -> bool:
         return gpus <= self.total_gpus
 
+    def _free(self, gpus: int) -> bool:  # holding the lock
+        return len(self._running) + self._leased < self.slots and len(self._free_gpus) >= gpus
+
     def can_start(self, gpus: int = 0) -> bool:
         with self._lock:
-            return len(self._running) < self.slots and len(self._free_gpus) >= gpus
+            return not self._lease_waiting and self._free(gpus)
+
+    @contextmanager
+    def lease(self, gpus: int = 0) -> Iterator[list[str]]:
+        """Hold a slot (and `gpus` GPU ids, yielded) for a run that is not a trial, e.g. a smoke run.
+
+        Blocks until one is free; waiting leases go before queued trials. Releasing it
+        wakes `wait()`, so the controller starts the next trial at once.
+        """
+        if gpus > self.total_gpus:
+            raise ExecutionError(f"a lease of {gpus} GPU(s) can never be served: this executor has {self.total_gpus}")
+        with self._lock:
+            self._lease_waiting += 1
+            try:
+                self._lock.wait_for(lambda: self._free(gpus))
+            finally:
+                self._lease_waiting -= 1
+            self._leased += 1
+            lease, self._free_gpus = self._free_gpus[:gpus], self._free_gpus[gpus:]
+        try:
+            yield lease
+        finally:
+            with self._lock:
+                self._leased -= 1
+                self._free_gpus.extend(lease)
+                self._lock.notify_all()
+            self._events.wake()
 
     # -- launching -----------------------------------------------------------------
     def start(self, trial_id: int, trial_dir: Path, gpus: int = 0) -> int:
         """Hand a prepared trial directory to a detached worker; returns the worker's pid."""
         with self._lock:
-            if len(self._running) >= self.slots or len(self._free_gpus) < gpus:
+            if not self._free(gpus):
                 raise ExecutionError(f"no free slot for trial {trial_id}")
             lease, self._free_gpus = self._free_gpus[:gpus], self._free_gpus[gpus:]
             proc = self._idle.pop() if self._idle else None
@@ -82,12 +115,15 @@ class LocalExecutor:
         threading.Thread(target=self._wait_worker, args=(trial_id, trial_dir, proc), daemon=True).start()
         return proc.pid
 
-    def attach(self, trial_id: int, trial_dir: Path, pid: int) -> bool:
-        """Re-attach to a worker started by an earlier controller. False when it is gone.
+    def attach(self, trial_id: int, trial_dir: Path) -> bool:
+        """Re-attach to the worker an earlier controller started for this trial. False when it is gone.
 
-        That worker's stdin is the dead controller's pipe: after this trial it reads EOF
-        and exits, which is what we wait for.
+        The worker is found by its pid file and cwd (`find_worker`). Its stdin is the dead
+        controller's pipe: after this trial it reads EOF and exits, which is what we wait for.
         """
+        pid = find_worker(trial_dir)
+        if pid is None:
+            return False
         gpus = _worker_gpus(trial_dir)
         try:
             fd = os.pidfd_open(pid)
@@ -114,15 +150,13 @@ class LocalExecutor:
         self._finish(trial_id, trial_dir, None)
 
     def _finish(self, trial_id: int, trial_dir: Path, reusable: subprocess.Popen | None) -> None:
-        try:
-            record = json.loads((trial_dir / "record.json").read_text())
-        except (OSError, ValueError):
-            record = None
+        record = TrialRecord.read(trial_dir)
         with self._lock:
             _, lease = self._running.pop(trial_id, (0, []))
             self._free_gpus.extend(lease)
             if reusable is not None:
                 self._idle.append(reusable)
+            self._lock.notify_all()  # a waiting lease may take the slot
         self._events.put(Finished(trial_id, record, lease))
 
     # -- events --------------------------------------------------------------------

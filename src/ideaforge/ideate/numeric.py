@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import re
+import threading
 from dataclasses import dataclass
 
 from ideaforge.ideate import blocks as B
@@ -130,10 +131,16 @@ def tunable(name: str, value: object) -> bool:
     return not (isinstance(value, int) and value == 0)
 
 
+# CPython 3.11's ast.parse is not thread-safe (gh-106905: "AST constructor recursion depth
+# mismatch"), and the search asks the exploit and explore ideators in two threads at once.
+_PARSE = threading.Lock()
+
+
 def find_settings(path: str, text: str) -> list[Setting]:
     """The numeric settings of one Python file, in file order; [] if it does not parse."""
     try:
-        tree = ast.parse(text)
+        with _PARSE:
+            tree = ast.parse(text)
     except SyntaxError:
         return []
     lines = text.split("\n")

@@ -39,7 +39,7 @@ class ScoredIdea:
     title: str
     description: str
     code_changes: str
-    outcome: str  # evaluated | implement_failed | failed | timeout | oom | diverged | no_result | invalid
+    outcome: str  # one of ideaforge.outcomes.IDEA_OUTCOMES
     metric: float | None  # mean over its evaluated trials
     std: float | None
     n: int  # evaluated trials behind `metric`

@@ -4,7 +4,7 @@
     write_report(dir, out=None, compare=()) -> Path   one offline HTML file (html.py)
     make_server(dir, host, port) / serve(dir, ...)    the live view (server.py)
 
-Imports only the stdlib and `ideaforge.store` / `ideaforge.search.judge`; importing this
+Imports only the stdlib and `ideaforge.store` / `ideaforge.stats`; importing this
 package starts nothing.
 """
 

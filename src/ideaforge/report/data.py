@@ -7,7 +7,7 @@ the renderers never touch the database. Shape (keys that matter):
     baseline     {mean, std, n, values} | None           (evaluated baseline trials)
     epochs       [{epoch, ideas, evaluated, exec_rate, values, best_so_far, outcomes}]
     series       best-so-far per epoch, one entry per search arm (evolve / best-of-N)
-    leaderboard  rows of judge.leaderboard, best first, Stats flattened to mean/std/n
+    leaderboard  rows of stats.leaderboard, best first, Stats flattened to mean/std/n
     ideas        every idea with parents, children, implementations, trials, log tails
     state        what the live view polls (see `campaign_state`)
 """
@@ -17,11 +17,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from ideaforge.search.judge import Stats, leaderboard
+from ideaforge.stats import Stats, leaderboard
+from ideaforge.outcomes import IDEA_OUTCOMES
 from ideaforge.store import Store
 
 LOG_TAIL_LINES = 30      # lines of train.out / train.err shown per trial
@@ -29,10 +29,8 @@ LOG_TAIL_BYTES = 16_384  # read at most this much from the end of a log (a run m
 ERROR_CHARS = 2_000      # implementation errors shown per attempt
 LOGS = ("train.err", "train.out")
 
-# Where an idea ended, in the order the stacked bars draw them. Trial outcomes come from
-# the store's closed vocabulary; `implement_failed` is the implementation's, `pending` ours.
-OUTCOME_ORDER = ("evaluated", "implement_failed", "failed", "crash", "timeout", "oom", "diverged",
-                 "no_result", "invalid", "pending")
+# Where an idea ended, in the order the stacked bars draw them (the closed vocabulary).
+OUTCOME_ORDER = IDEA_OUTCOMES
 
 
 def load_campaign(campaign_dir: str | Path) -> dict[str, Any]:
@@ -44,8 +42,8 @@ def load_campaign(campaign_dir: str | Path) -> dict[str, Any]:
 
 
 def _load(store: Store) -> dict[str, Any]:
-    spec = read_env_toml(store.env_dir)
-    goal = spec.get("metric", {}).get("goal", "min")
+    facts = store.env_facts()  # the environment as resolved when the campaign was made
+    goal = facts.get("goal", "min")
     config = store.get_meta("config", {}) or {}
     search = config.get("search", {}) or {}
 
@@ -59,7 +57,7 @@ def _load(store: Store) -> dict[str, Any]:
     data: dict[str, Any] = {
         "dir": str(store.root),
         "generated": time.time(),
-        "summary": _summary(store, spec, config, search, ideas, trials),
+        "summary": _summary(store, facts, config, search, ideas, trials),
         "baseline": _baseline(base, trials),
         "epochs": epochs,
         "series": _series(ideas_out, goal, label_prefix=""),
@@ -71,33 +69,23 @@ def _load(store: Store) -> dict[str, Any]:
     return data
 
 
-def read_env_toml(env_dir: Path) -> dict[str, Any]:
-    """The environment snapshot's ideaforge.toml (only its metadata; the data paths may be gone)."""
-    try:
-        return tomllib.loads((env_dir / "ideaforge.toml").read_text())
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
-
-
 # -- summary ----------------------------------------------------------------------------
-def _summary(store: Store, spec: dict, config: dict, search: dict, ideas: list[dict],
+def _summary(store: Store, facts: dict, config: dict, search: dict, ideas: list[dict],
              trials: list[dict]) -> dict[str, Any]:
-    res = spec.get("resources", {})
-    cpus, gpus = int(res.get("cpus", 1)), int(res.get("gpus", 0))
+    cpus, gpus = int(facts.get("cpus", 1)), int(facts.get("gpus", 0))
     trial_s = store.trial_hours() * 3600
-    models = [dict(r) for r in store.execute(
-        """SELECT model, COUNT(*) AS calls, SUM(input_tokens) AS input_tokens,
-                  SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd
-           FROM llm_calls GROUP BY model ORDER BY SUM(cost_usd) DESC, model""").fetchall()]
+    models = store.llm_usage_by_model()
     configured = search.get("model") or config.get("model")
     status = {s: 0 for s in ("queued", "running", "done")}
     for t in trials:
         status[t["status"]] = status.get(t["status"], 0) + 1
     return {
-        "env": store.get_meta("env_name") or spec.get("env", {}).get("name", "?"),
-        "env_description": (spec.get("env", {}).get("description") or "").strip(),
-        "metric": spec.get("metric", {}).get("name", "metric"),
-        "goal": spec.get("metric", {}).get("goal", "min"),
+        "env": store.get_meta("env_name") or facts.get("name", "?"),
+        "env_description": (facts.get("description") or "").strip(),
+        "metric": facts.get("metric", "metric"),
+        "goal": facts.get("goal", "min"),
+        "profile": facts.get("profile"),
+        "executor": store.get_meta("executor"),
         "command": config.get("command"),
         "mode": search.get("mode"),
         "model": configured,
@@ -117,7 +105,8 @@ def _summary(store: Store, spec: dict, config: dict, search: dict, ideas: list[d
         "gpu_hours": trial_s / 3600 * gpus,
         "ideas": len(ideas),
         "trials": status,
-        "budget_s": search.get("budget_s") or spec.get("run", {}).get("budget_s"),
+        "requeues": sum(t.get("requeues", 0) for t in trials),
+        "budget_s": search.get("budget_s") or facts.get("budget_s"),
         "config": config,
     }
 
@@ -189,6 +178,7 @@ def _trial(store: Store, t: dict) -> dict[str, Any]:
         "id": t["id"], "role": t["role"], "seed": t["seed"], "status": t["status"], "outcome": t["outcome"],
         "metric": t["metric"], "metrics": t["metrics"], "reason": t["reason"], "exit_code": t["exit_code"],
         "train_s": t["train_s"], "eval_s": t["eval_s"], "budget_s": t["budget_s"], "curve": t["curve"],
+        "requeues": t.get("requeues", 0),
         "logs": {name: tail for name in LOGS if (tail := log_tail(tdir / name))},
     }
 
@@ -282,20 +272,12 @@ def _better(a: float, b: float, goal: str) -> bool:
 # -- live state -------------------------------------------------------------------------
 def campaign_state(store: Store) -> dict[str, Any]:
     """A few cheap counters, and a hash of them that changes whenever the report would."""
-    t = store.execute(
-        """SELECT COUNT(*), COALESCE(SUM(status='done'), 0), COALESCE(SUM(status='running'), 0),
-                  COALESCE(SUM(status='queued'), 0), MAX(CASE WHEN status='done' THEN id END),
-                  MAX(ended), MAX(started) FROM trials""").fetchone()
-    ideas = store.execute("SELECT COUNT(*), MAX(id) FROM ideas").fetchone()
-    impls = store.execute("SELECT COUNT(*) FROM implementations").fetchone()
-    statuses = store.execute("SELECT GROUP_CONCAT(status) FROM (SELECT status FROM ideas ORDER BY id)").fetchone()
-    calls = store.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()
+    c = store.progress_counters()
     meta = {k: store.get_meta(k) for k in ("epochs_done", "finished", "stopped")}
-    state = {
-        "trials": t[0], "trials_done": t[1], "trials_running": t[2], "trials_queued": t[3],
-        "last_trial": t[4], "ideas": ideas[0], "implementations": impls[0], "llm_calls": calls[0], **meta,
-    }
-    key = json.dumps([state, t[5], t[6], statuses[0], calls[1]], sort_keys=True, default=str)
+    state = {k: c[k] for k in ("trials", "trials_done", "trials_running", "trials_queued", "last_trial", "ideas",
+                               "implementations", "llm_calls", "requeues")} | meta
+    key = json.dumps([state, c["last_ended"], c["last_started"], c["idea_statuses"], c["llm_cost"]],
+                     sort_keys=True, default=str)
     state["version"] = hashlib.sha256(key.encode()).hexdigest()[:16]
     return state
 

@@ -84,7 +84,8 @@ def _summary(data: dict) -> str:
         ("ideas per epoch", s["ideas_per_epoch"] if s["ideas_per_epoch"] is not None else "–"),
         ("epochs done", epochs),
         ("ideas", s["ideas"]),
-        ("trials", f'{t.get("done", 0)} done · {t.get("running", 0)} running · {t.get("queued", 0)} queued'),
+        ("trials", f'{t.get("done", 0)} done · {t.get("running", 0)} running · {t.get("queued", 0)} queued'
+                   + (f' · {s["requeues"]} re-queued (worker died)' if s.get("requeues") else "")),
         ("baseline", f'{fmt(b["mean"], 5)} ± {fmt(b["std"], 3)} (n={b["n"]})' if b else "not measured yet"),
         ("model spend", f'${s["spend_usd"]:.2f}'),
         ("CPU-hours", f'{s["cpu_hours"]:.2f} ({s["cpus"]} CPU/trial)'),
@@ -240,7 +241,8 @@ def diff_html(diff: str) -> str:
 def _trials_table(trials: list[dict]) -> str:
     rows = "".join(
         f'<tr data-trial-id="{t["id"]}"><td class="num">{t["id"]}</td><td>{esc(t["role"])}</td><td class="num">{t["seed"]}</td>'
-        f'<td>{_outcome_badge(t["outcome"] or t["status"])}</td>'
+        f'<td>{_outcome_badge(t["outcome"] or t["status"])}'
+        + (f' <span class="small">re-queued ×{t["requeues"]}</span>' if t.get("requeues") else "") + '</td>'
         f'<td class="num">{fmt(t["metric"], 5) if t["metric"] is not None else "–"}</td>'
         f'<td class="num">{fmt(t["train_s"], 3) if t["train_s"] is not None else "–"}</td>'
         f'<td class="num">{fmt(t["eval_s"], 3) if t["eval_s"] is not None else "–"}</td>'

@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 
 PALETTE = ("#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#0891b2", "#be185d", "#4b5563")
 OUTCOME_COLORS = {
-    "evaluated": "#16a34a", "implement_failed": "#9333ea", "failed": "#dc2626", "crash": "#dc2626",
+    "evaluated": "#16a34a", "implement_failed": "#9333ea", "failed": "#dc2626",
     "timeout": "#ea580c", "oom": "#b45309", "diverged": "#ca8a04", "no_result": "#64748b",
     "invalid": "#be123c", "pending": "#cbd5e1",
 }

@@ -6,7 +6,7 @@ import json
 from typing import Callable
 
 from ideaforge.report.data import log_tail
-from ideaforge.search.judge import leaderboard
+from ideaforge.stats import leaderboard
 from ideaforge.store import Store
 
 
@@ -14,8 +14,18 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
 
-def status_lines(store: Store, env: str, metric: str, goal: str, cpus: int, gpus: int, top: int = 10) -> list[str]:
-    """Leaderboard (mean ± std, beyond noise or not), per-epoch progress and failures, spend."""
+def status_lines(store: Store, env: str | None = None, metric: str | None = None, goal: str | None = None,
+                 cpus: int | None = None, gpus: int | None = None, top: int = 10) -> list[str]:
+    """Leaderboard (mean ± std, beyond noise or not), per-epoch progress and failures, spend.
+
+    The environment's name, metric, goal and resources default to the facts stored in the campaign.
+    """
+    facts = store.env_facts()
+    env = env or facts.get("name") or store.get_meta("env_name", "?")
+    metric = metric or facts.get("metric", "metric")
+    goal = goal or facts.get("goal", "min")
+    cpus = facts.get("cpus", 1) if cpus is None else cpus
+    gpus = facts.get("gpus", 0) if gpus is None else gpus
     base, rows = leaderboard(store, goal)
     out = [f"{env}: {metric} ({'lower' if goal == 'min' else 'higher'} is better)",
            f"baseline: {base.fmt() if base else 'not measured yet'}", "",
@@ -46,6 +56,22 @@ def status_lines(store: Store, env: str, metric: str, goal: str, cpus: int, gpus
                 f"of trials, {store.get_meta('elapsed_s', 0.0) / 60:.1f} min wall"]
     if store.get_meta("stopped"):
         out.append(f"stopped early: {store.get_meta('stopped')}")
+    out += requeue_lines(store)
+    return out
+
+
+def requeue_lines(store: Store, limit: int = 10) -> list[str]:
+    """Trials whose worker died and that were re-run: never silent (their training so far was lost)."""
+    rows = store.requeued_trials()
+    if not rows:
+        return []
+    out = [f"re-queued after their worker died: {len(rows)} trial(s), {sum(r['requeues'] for r in rows)} time(s)"]
+    for r in rows[:limit]:
+        state = r["outcome"] or r["status"]
+        out.append(f"  trial {r['id']}: re-queued {r['requeues']} time{'s' if r['requeues'] != 1 else ''} "
+                   f"({r['role']}, now {state})")
+    if len(rows) > limit:
+        out.append(f"  ... and {len(rows) - limit} more")
     return out
 
 
@@ -75,8 +101,7 @@ def show_idea(store: Store, metric: str, idea_id: int, say: Callable[[str], None
         if impl["error"]:
             say(impl["error"])
         say(impl["diff"])
-        for (tid,) in store.execute("SELECT id FROM trials WHERE implementation_id=? ORDER BY id", (impl["id"],)).fetchall():
-            t = store.trial(tid)
+        for t in store.trials(implementation_id=impl["id"]):
             value = f"{metric} = {_fmt(t['metric'])}" if t["outcome"] == "evaluated" else (t["outcome"] or t["status"])
             say(f"trial {t['id']} ({t['role']}, seed {t['seed']}): {value}")
             if t["outcome"] not in (None, "evaluated"):

@@ -25,7 +25,7 @@ from ideaforge.ideate import Context, Idea, ScoredIdea, dedup
 from ideaforge.implement.implementer import Implementation, Implementer
 from ideaforge.search.assemble import record_implementation
 from ideaforge.search.campaign import Campaign, Progress, TrialRunner
-from ideaforge.search.judge import Stats, beats, leaderboard
+from ideaforge.stats import Stats, beats, leaderboard
 
 
 @dataclass
@@ -68,10 +68,21 @@ class Search:
         self.budget_s = config.budget_s or self.spec.budget_s
         self.baseline_files = read_files(self.spec, self.store.env_dir)
         self.implementer = Implementer(self.spec, self.baseline_files, config.model, samples=config.samples,
-                                       repairs=config.repairs, smoke=smoke if config.smoke else None,
+                                       repairs=config.repairs, smoke=self._leased(smoke) if config.smoke else None,
                                        recorder=self.store.add_llm_call)
         self._t0 = time.monotonic()
         self._elapsed_before = float(self.store.get_meta("elapsed_s", 0.0))
+
+    def _leased(self, smoke):
+        """The smoke check, run only in a slot of the executor: smoke runs and trials together
+        never exceed --slots (a crowd of smoke runs would also skew the trials' timings)."""
+        if smoke is None:
+            return None
+
+        def check(changes):
+            with self.executor.lease(self.spec.gpus):
+                return smoke(changes)
+        return check
 
     # -- the whole campaign ------------------------------------------------------------------
     def run(self) -> str:
@@ -152,11 +163,14 @@ class Search:
         """This epoch's ideas: from the database if already proposed, else from the ideator."""
         existing = self.store.ideas(epoch)
         have = {k: sum(i["kind"] == k for i in existing) for k in ("initial", "exploit", "explore", "best_of_n")}
-        if len(existing) < self.cfg.ideas:
+        # Asked once per epoch: an epoch left short by de-duplication is not asked again on resume
+        # (with a model, that would be a paid call, and ideas an uninterrupted run never had).
+        if len(existing) < self.cfg.ideas and self.store.get_meta("ideated_through", -1) < epoch:
             ctx = self.context(epoch)
             if self.cfg.mode == "best-of-n" or epoch == 0:
                 kind = "best_of_n" if self.cfg.mode == "best-of-n" else "initial"
-                self._store_ideas(epoch, kind, self.ideator.initial(ctx, self.cfg.ideas - len(existing)), ctx)
+                self._store_ideas(epoch, kind, self.ideator.initial(ctx, self.cfg.ideas - len(existing)), ctx,
+                                  last=True)
             else:
                 n_exploit = max(0, self.cfg.exploit_count(epoch) - have["exploit"])
                 n_explore = max(0, self.cfg.ideas - self.cfg.exploit_count(epoch) - have["explore"])
@@ -172,12 +186,13 @@ class Search:
                     got_exploit = f_exploit.result() if f_exploit else []
                     got_explore = f_explore.result() if f_explore else []
                 self._store_ideas(epoch, "exploit", got_exploit, ctx)
-                self._store_ideas(epoch, "explore", got_explore, ctx)
+                self._store_ideas(epoch, "explore", got_explore, ctx, last=True)
         ideas = self.store.ideas(epoch)
         self.emit("ideas", {"epoch": epoch, "count": len(ideas)})
         return ideas
 
-    def _store_ideas(self, epoch: int, kind: str, ideas: list[Idea], ctx: Context) -> None:
+    def _store_ideas(self, epoch: int, kind: str, ideas: list[Idea], ctx: Context, last: bool = False) -> None:
+        """Store what the ideator proposed; `last`: the epoch's ideation is complete (in the same transaction)."""
         previous = [f"{i['title']} {i['description']}" for i in self.store.ideas()]
         kept = dedup(ideas, previous)
         if len(kept) < len(ideas):
@@ -191,6 +206,8 @@ class Search:
                     origin["hyperparameters"] = idea.hyperparameters
                 self.store.add_idea(epoch, kind, idea.title, idea.description, idea.code_changes,
                                     idea.parents, origin)
+            if last:
+                self.store.set_meta("ideated_through", epoch)
 
     # -- implementation and trials, pipelined --------------------------------------------------
     def implement_and_run(self, ideas: list[dict]) -> None:
@@ -241,20 +258,27 @@ class Search:
 
     # -- confirmation ------------------------------------------------------------------------------
     def confirm(self) -> None:
-        """Re-run the best ideas with more seeds, so the leaderboard shows mean ± std."""
-        _, rows = leaderboard(self.store, self.spec.goal)
-        top = [r for r in rows if r["stats"] is not None][: self.cfg.confirm_top]
+        """Re-run the best ideas with more seeds, so the leaderboard shows mean ± std.
+
+        The set is picked once and saved with its trials: a resume confirms the same ideas,
+        not a new top picked from a leaderboard that already holds some confirm seeds.
+        """
         impl_of = {}
         for impl in self.store.implementations():
             if impl["status"] == "ok":
                 impl_of[impl["idea_id"]] = impl["id"]
         with self.store.tx():
-            for r in top:
-                impl_id = impl_of[r["idea_id"]]
-                have = self.store.execute("SELECT COUNT(*) FROM trials WHERE implementation_id=?", (impl_id,)).fetchone()[0]
+            picked = self.store.get_meta("confirm_ideas")
+            if picked is None:
+                _, rows = leaderboard(self.store, self.spec.goal)
+                picked = [r["idea_id"] for r in rows if r["stats"] is not None][: self.cfg.confirm_top]
+                self.store.set_meta("confirm_ideas", picked)
+            for idea_id in picked:
+                impl_id = impl_of[idea_id]
+                have = self.store.count_trials(impl_id)
                 for seed in range(have, self.cfg.confirm_seeds):
                     self.store.add_trial("confirm", seed=seed, budget_s=self.budget_s, implementation_id=impl_id)
-        self.emit("confirm", {"ideas": [r["idea_id"] for r in top]})
+        self.emit("confirm", {"ideas": picked})
         self.drain()
 
 

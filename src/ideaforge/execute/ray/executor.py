@@ -1,4 +1,4 @@
-"""The Ray backend: trials run in detached Ray actors anywhere on a cluster.
+"""The Ray backend's controller side: trials run in detached Ray actors anywhere on a cluster.
 
 Same contract as `LocalExecutor` (slots, GPU accounting, start/wait/wake/stop_all,
 `Finished` events), so `TrialRunner` drives either. What differs is where a trial runs:
@@ -18,7 +18,7 @@ Same contract as `LocalExecutor` (slots, GPU accounting, start/wait/wake/stop_al
   trial of the same shape: a fresh Ray worker process costs ~0.5 s of CPU.
 - **Crashes.** A detached actor outlives a controller killed with SIGKILL and keeps its
   result until collected; `ray.json` in the trial directory names it, and a new
-  controller finds it with `reattach()`. A worker process or node that dies fails the
+  controller finds it with `attach()`. A worker process or node that dies fails the
   trial's call: the controller re-runs it once on a fresh actor (wherever Ray places it)
   and marks the record `"retried": 1`; a second loss ends the trial as `failed`.
 
@@ -27,229 +27,31 @@ Ray is imported only when an executor is built: importing ideaforge never import
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import os
-import shutil
-import signal
-import socket
-import tarfile
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ideaforge.errors import ExecutionError
-from ideaforge.execute.job import atomic_write_json
 from ideaforge.execute.events import Events, Finished
+from ideaforge.execute.job import atomic_write_json
+from ideaforge.execute.ray.actor import TrialActor
+from ideaforge.execute.ray.packing import pack_tree, trial_key
+from ideaforge.execute.record import TrialRecord
 
 NAMESPACE = "ideaforge"
-LOG_FILES = ("train.out", "train.err", "eval.out", "eval.err", "worker.json")
-LOG_CAP = 1 << 20          # bytes of each log brought back (the tail: errors are at the end)
 BLOB_CACHE = 256           # content-addressed objects the controller keeps referenced
 WAIT_S = 0.1               # ray.wait's bound, seconds: how soon a newly started trial is watched
 DEFAULT_SCRATCH = "/tmp/ideaforge-ray"  # node-local unpack directory on every worker node
 IDLE_KEEP_S = 60.0         # an idle worker actor is reused within this many seconds, else killed
-IDLE_EXIT_S = 900.0        # an actor idle this long exits by itself (its controller is gone)
-RESULT_KEEP_S = 86400.0    # ... or this long, when it holds a result no controller has collected
 
 
-# -- packing: deterministic, so equal workspaces get equal names -------------------------------
-def pack_tree(root: Path, members: list[str] | None = None) -> bytes:
-    """A tar.gz of `root` (or of `members` under it), byte-identical for identical contents.
-
-    Symlinks (the workspace's data links) are stored as links, never followed: data is
-    not shipped.
-    """
-    root = Path(root)
-    if members is None:
-        members = []
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            rel = os.path.relpath(dirpath, root)
-            for name in sorted(dirnames + filenames):
-                members.append(os.path.normpath(os.path.join(rel, name)))
-    buf = io.BytesIO()
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=6) as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for rel in sorted(members):
-                info = tar.gettarinfo(str(root / rel), arcname=rel)
-                info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-                if info.isfile():
-                    with open(root / rel, "rb") as f:
-                        tar.addfile(info, f)
-                else:
-                    tar.addfile(info)
-    return buf.getvalue()
-
-
-def unpack(blob: bytes, dest: Path) -> None:
-    dest.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
-        tar.extractall(dest, filter="tar")  # "tar", not "data": absolute data links must survive
-
-
-def campaign_key(trial_dir: Path) -> str:
-    """A short stable name for the campaign that owns `trial_dir` (ROOT/trials/NNNNN)."""
-    return hashlib.sha256(str(Path(trial_dir).resolve().parent.parent).encode()).hexdigest()[:12]
-
-
-def trial_key(trial_dir: Path, trial_id: int) -> str:
-    """The trial's name on the cluster (and its node-local scratch directory)."""
-    return f"ideaforge-trial-{campaign_key(trial_dir)}-{trial_id}"
-
-
-# -- the worker side --------------------------------------------------------------------------
-class TrialActor:
-    """A reusable worker on a Ray node, wrapped with `ray.remote` by the executor.
-
-    It runs one trial at a time in a thread (so `stop()` is served while it trains) and
-    keeps each result until the controller has written it down and calls `forget()`: a
-    controller that crashed in between collects it with `result()`. Reuse matters: a new
-    Ray worker process costs ~0.5 s of CPU (measured on 2 cores). An actor left behind by
-    a controller that never came back exits by itself after IDLE_EXIT_S (RESULT_KEEP_S
-    while it holds an uncollected result).
-    """
-
-    def __init__(self):
-        self.trials: dict[str, dict] = {}  # key -> {"done": Event, "result": dict | None, "stopping": bool}
-        self.last_active = time.monotonic()
-        threading.Thread(target=self._exit_when_idle, daemon=True).start()
-
-    def run(self, key: str, order: dict, workspace: bytes, hidden: bytes) -> dict:
-        """Run one trial to its end and return its result (also kept until `forget(key)`)."""
-        state: dict = {"done": threading.Event(), "result": None, "stopping": False}
-        state["thread"] = threading.Thread(target=self._run, args=(state, order, workspace, hidden), daemon=True)
-        self.trials[key] = state
-        state["thread"].start()
-        return self.result(key)
-
-    def result(self, key: str) -> dict | None:
-        state = self.trials.get(key)
-        if state is None:
-            return None
-        state["done"].wait()
-        return state["result"]
-
-    def knows(self, key: str) -> bool:
-        return key in self.trials
-
-    def forget(self, key: str) -> None:
-        self.trials.pop(key, None)
-        self.last_active = time.monotonic()
-
-    def stop(self) -> None:
-        """Kill the running trial's process tree (again, until run_trial gives up); no result counts."""
-        from ideaforge.execute import worker
-
-        for state in list(self.trials.values()):
-            state["stopping"] = True
-            while state["thread"].is_alive():
-                worker.kill_current_trial()
-                state["thread"].join(0.05)
-
-    def _run(self, state: dict, order: dict, workspace: bytes, hidden: bytes) -> None:
-        import ray  # on the worker, ray is already loaded
-        from ideaforge.execute import worker
-
-        # Custom-resource "GPUs" (tests) carry ids leased by the controller; real GPUs are
-        # the ones Ray assigned to this actor (it has set CUDA_VISIBLE_DEVICES to them).
-        gpus = [str(g) for g in (order["gpus"] if order["gpus"] is not None else ray.get_gpu_ids())]
-        root = Path(order["scratch"]) / order["name"]
-        tdir = root / "trial"
-        record: dict
-        try:
-            _kill_leftovers(root)  # an earlier attempt on this node, orphaned by a worker crash
-            shutil.rmtree(root, ignore_errors=True)
-            unpack(workspace, tdir / "work")
-            job = dict(order["job"], hidden_src=str(_hidden_cache(Path(order["scratch"]), hidden)))
-            atomic_write_json(tdir / "job.json", job, durable=False)
-            missing = _missing_data(job)
-            if missing:
-                record = {"trial_id": job["trial_id"], "outcome": "failed", "exit_code": None, "reason":
-                          f"data path {missing} does not exist on Ray node {socket.gethostname()}: the Ray "
-                          f"backend ships workspaces, not data; data must be on a shared filesystem mounted "
-                          f"at the same path on every node", "ended_at": time.time()}
-            elif state["stopping"]:
-                record = {"outcome": "failed", "reason": "stopped before it started", "ended_at": time.time()}
-            else:
-                record = worker.run_trial(tdir, gpus)
-        except Exception as e:  # the edge of a trial on the worker: report it, never hang the controller
-            import traceback
-
-            record = {"outcome": "failed", "reason": f"ideaforge Ray worker error: {e!r}\n"
-                      + traceback.format_exc(limit=5), "ended_at": time.time()}
-        record["node"] = socket.gethostname()
-        if order.get("retried"):
-            record["retried"] = order["retried"]
-        files = {name: _read_tail(tdir / name, LOG_CAP) for name in LOG_FILES if (tdir / name).exists()}
-        if not order.get("keep_scratch"):
-            shutil.rmtree(root, ignore_errors=True)
-        # A trial stopped by the controller left a record of its killing: not a result.
-        state["result"] = {"record": record, "files": files, "gpus": gpus, "stopped": state["stopping"]}
-        self.last_active = time.monotonic()
-        state["done"].set()
-
-    def _exit_when_idle(self) -> None:
-        while True:
-            time.sleep(10)
-            states = list(self.trials.values())
-            if any(not st["done"].is_set() for st in states):
-                continue
-            # A result nobody collected yet waits longer: its controller may be resumed.
-            limit = RESULT_KEEP_S if states else IDLE_EXIT_S
-            if time.monotonic() - self.last_active > limit:
-                os._exit(0)
-
-
-def _hidden_cache(scratch: Path, blob: bytes) -> Path:
-    """Unpack the hidden files once per node and content hash; run_trial checks each file's sha256."""
-    dest = scratch / f"hidden-{hashlib.sha256(blob).hexdigest()[:16]}"
-    if not dest.is_dir():
-        tmp = scratch / f".hidden-{os.getpid()}-{threading.get_ident()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        unpack(blob, tmp)
-        try:
-            os.rename(tmp, dest)
-        except OSError:  # another trial on this node got there first
-            shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def _missing_data(job: dict) -> str | None:
-    paths = list(job.get("data", {}).values()) + ([job["prepared"]] if job.get("prepared") else [])
-    return next((p for p in paths if not os.path.exists(p)), None)
-
-
-def _kill_leftovers(root: Path) -> None:
-    """SIGKILL every process working under `root` (found by its cwd)."""
-    if not root.exists():
-        return
-    prefix = str(root) + os.sep
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            if (os.readlink(f"/proc/{entry}/cwd") + os.sep).startswith(prefix):
-                os.kill(int(entry), signal.SIGKILL)
-        except (OSError, ValueError):
-            continue
-
-
-def _read_tail(path: Path, cap: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - cap))
-        data = f.read()
-    return (f"[... first {size - cap} bytes not kept ...]\n".encode() + data) if size > cap else data
-
-
-# -- the controller side ------------------------------------------------------------------------
 @dataclass
 class _Run:
     actor: Any
@@ -305,6 +107,8 @@ class RayExecutor:
         # Controller-leased ids exist only for a custom resource; Ray assigns real GPUs itself.
         self._free_ids = [str(i) for i in range(self.total_gpus)] if gpu_resource != "GPU" else None
         self._used_gpus = 0
+        self._leased = 0          # slots held by non-trial runs (smoke checks on the controller)
+        self._lease_waiting = 0   # leases waiting: trials do not jump ahead of them
         self._actor_cls = ray.remote(TrialActor)
         self._idle: list[tuple[tuple, Any, float]] = []  # (shape, actor, idle since), reused by shape
         self._blobs: OrderedDict[str, Any] = OrderedDict()  # sha256 -> ObjectRef
@@ -331,9 +135,42 @@ class RayExecutor:
     def fits_ever(self, gpus: int) -> bool:
         return gpus <= self._max_node_gpus  # a trial's GPUs are on one node
 
+    def _free(self, gpus: int) -> bool:  # holding the lock
+        return len(self._running) + self._leased < self.slots and self._used_gpus + gpus <= self.total_gpus
+
     def can_start(self, gpus: int = 0) -> bool:
         with self._lock:
-            return len(self._running) < self.slots and self._used_gpus + gpus <= self.total_gpus
+            return not self._lease_waiting and self._free(gpus)
+
+    @contextmanager
+    def lease(self, gpus: int = 0) -> Iterator[list[str]]:
+        """Hold a slot (and `gpus` GPUs) for a run that is not a trial; see `LocalExecutor.lease`.
+
+        Yields the leased ids for a custom GPU resource, else [] (Ray assigns real GPUs).
+        """
+        if gpus > self.total_gpus:
+            raise ExecutionError(f"a lease of {gpus} GPU(s) can never be served: the cluster has {self.total_gpus}")
+        with self._lock:
+            self._lease_waiting += 1
+            try:
+                self._lock.wait_for(lambda: self._free(gpus))
+            finally:
+                self._lease_waiting -= 1
+            self._leased += 1
+            self._used_gpus += gpus
+            ids: list[str] = []
+            if self._free_ids is not None:
+                ids, self._free_ids = self._free_ids[:gpus], self._free_ids[gpus:]
+        try:
+            yield ids
+        finally:
+            with self._lock:
+                self._leased -= 1
+                self._used_gpus -= gpus
+                if self._free_ids is not None:
+                    self._free_ids.extend(ids)
+                self._lock.notify_all()
+            self._events.wake()
 
     # -- launching -----------------------------------------------------------------
     def start(self, trial_id: int, trial_dir: Path, gpus: int = 0) -> int:
@@ -341,7 +178,7 @@ class RayExecutor:
         trial_dir = Path(trial_dir).resolve()
         job = json.loads((trial_dir / "job.json").read_text())
         with self._lock:
-            if len(self._running) >= self.slots or self._used_gpus + gpus > self.total_gpus:
+            if not self._free(gpus):
                 raise ExecutionError(f"no free slot for trial {trial_id}")
             lease = None
             if self._free_ids is not None:
@@ -396,7 +233,7 @@ class RayExecutor:
             opts["memory"] = int(memory_gb * (1 << 30))
         return self._actor_cls.options(**opts).remote(), name
 
-    def reattach(self, trial_id: int, trial_dir: Path) -> bool:
+    def attach(self, trial_id: int, trial_dir: Path) -> bool:
         """Wait again for a trial an earlier controller started. False when its actor is gone
         or does not know the trial (the caller re-queues it)."""
         trial_dir = Path(trial_dir).resolve()
@@ -514,7 +351,8 @@ class RayExecutor:
             self._used_gpus -= run.gpus
             if self._free_ids is not None:
                 self._free_ids.extend(run.lease)
-        self._events.put(Finished(trial_id, record, gpus))
+            self._lock.notify_all()  # a waiting lease may take the slot
+        self._events.put(Finished(trial_id, None if record is None else TrialRecord.read(run.trial_dir), gpus))
 
     def wake(self) -> None:
         """Make a waiting `wait()` return (with nothing): another stage has news."""
@@ -527,7 +365,7 @@ class RayExecutor:
     def close(self) -> None:
         """Let the idle actors go and stop watching; disconnect if this executor connected.
 
-        Actors still running trials live on, for a later controller to `reattach()`.
+        Actors still running trials live on, for a later controller to `attach()`.
         """
         with self._lock:
             self._closed = True
