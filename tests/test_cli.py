@@ -228,7 +228,7 @@ def test_tracker_counts_and_eta(tmp_path):
     assert abs(tr.eta_s() - 4 * per / 2) < 0.5
     tr.handle("started", {"trial": ids[0], "pid": 1})
     assert "trial 1 (baseline, seed 0)" in tr.render().renderables[1].columns[0]._cells[0]
-    camp.store.mark_running(ids[0])
+    assert camp.store.claim(ids[0])
     camp.store.finish_trial(ids[0], {"outcome": "evaluated", "metric": 1.0, "train_s": 9.0, "eval_s": 1.0})
     lines = tr.handle("finished", {"trial": ids[0], "outcome": "evaluated", "metric": 1.0, "train_s": 9.0, "eval_s": 1.0})
     assert lines[0].endswith("trial 1 (baseline, seed 0): score = 1.0000 (train 9.0 s, eval 1.0 s)")
