@@ -150,7 +150,7 @@ def test_model_ideator_initial_prompt_and_batches(nano):
     assert " 46 | N_HEAD = 4  # attention heads per block" in prompt  # code with line numbers
     evaluate_src = (nano.root / "evaluate.py").read_text()
     assert "evaluate.py" in prompt and "never shown" in prompt
-    for line in ("def cross_entropy_sum", "def build_vocab", "def evaluate(client: ModelClient"):
+    for line in ("def cross_entropy_sum", "def evaluate(client: ModelClient", "IDEAFORGE_RESULT"):
         assert line in evaluate_src and line not in prompt
     val_text = (nano.root / "eval/val.txt").read_text()[:200]
     assert val_text not in prompt
