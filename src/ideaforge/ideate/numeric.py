@@ -21,6 +21,7 @@ import ast
 import re
 from dataclasses import dataclass
 
+from ideaforge.envs.pyparse import parse as parse_python
 from ideaforge.ideate import blocks as B
 from ideaforge.ideate.types import Context, Idea, ScoredIdea, rank
 
@@ -133,7 +134,7 @@ def tunable(name: str, value: object) -> bool:
 def find_settings(path: str, text: str) -> list[Setting]:
     """The numeric settings of one Python file, in file order; [] if it does not parse."""
     try:
-        tree = ast.parse(text)
+        tree = parse_python(text, path)
     except SyntaxError:
         return []
     lines = text.split("\n")
