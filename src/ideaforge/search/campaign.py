@@ -146,6 +146,7 @@ class TrialRunner:
         for trial in self.store.trials(status="queued"):
             if not self.executor.can_start(self.campaign.spec.gpus):
                 break
+            self.store.check_space()  # raises DiskFull: a clean stop before the disk fills
             try:
                 tdir = self.campaign.prepare_trial_dir(trial, log=lambda m: self.on_event("log", {"message": m}))
             except EditRefused as e:
