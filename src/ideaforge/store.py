@@ -113,6 +113,9 @@ MIGRATIONS: list[str] = [
     INSERT INTO ideations(epoch, kind, asked, returned, kept, ideator, created)
         SELECT epoch, kind, NULL, COUNT(*), COUNT(*), NULL, MIN(created) FROM ideas
         WHERE kind IN ('initial', 'exploit', 'explore', 'best_of_n') GROUP BY epoch, kind;
+    -- one idea's implementations and one implementation's trials, without a scan (reports, confirm)
+    CREATE INDEX implementations_idea ON implementations(idea_id);
+    CREATE INDEX trials_implementation ON trials(implementation_id);
     """,
 ]
 
@@ -268,6 +271,18 @@ class Store:
             rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
         return [_trial_dict(r) for r in rows]
 
+    def trial_outcomes(self) -> list[dict[str, Any]]:
+        """Every trial without its curve and metrics: what leaderboards and counts need, cheap at any size."""
+        rows = self.execute("SELECT id, implementation_id, role, seed, status, outcome, metric, reason "
+                            "FROM trials ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
+    def trials_of_implementations(self, implementation_ids: Iterable[int]) -> list[dict[str, Any]]:
+        ids = [int(i) for i in implementation_ids]
+        rows = self.execute(f"SELECT * FROM trials WHERE implementation_id IN ({','.join('?' * len(ids))}) "
+                            "ORDER BY id", ids).fetchall() if ids else []
+        return [_trial_dict(r) for r in rows]
+
     def mark_running(self, trial_id: int, pid: int | None = None) -> None:
         self.execute(
             "UPDATE trials SET status='running', pid=?, started=? WHERE id=? AND status IN ('queued','running')",
@@ -323,6 +338,20 @@ class Store:
             d["origin"] = json.loads(d["origin"])
             out.append(d)
         return out
+
+    def idea_heads(self) -> list[dict[str, Any]]:
+        """Every idea without its texts and origin: id, epoch, kind, title, parents, status."""
+        rows = self.execute("SELECT id, epoch, kind, title, parents, status FROM ideas ORDER BY id").fetchall()
+        return [dict(r) | {"parents": json.loads(r["parents"])} for r in rows]
+
+    def idea(self, idea_id: int) -> dict[str, Any] | None:
+        row = self.execute("SELECT * FROM ideas WHERE id = ?", (idea_id,)).fetchone()
+        return None if row is None else dict(row) | {"parents": json.loads(row["parents"]),
+                                                     "origin": json.loads(row["origin"])}
+
+    def implementation_heads(self) -> list[dict[str, Any]]:
+        """Every implementation without its diff, files and attempts: id, idea_id, status."""
+        return [dict(r) for r in self.execute("SELECT id, idea_id, status FROM implementations ORDER BY id")]
 
     def add_implementation(self, idea_id: int | None, ok: bool, diff: str, files: dict, attempts: list,
                            error: str | None) -> int:

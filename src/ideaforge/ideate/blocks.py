@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from ideaforge.errors import EditRefused
-from ideaforge.ideate.dedup import names_title
+from ideaforge.ideate.dedup import proposed_titles
 from ideaforge.ideate.types import Context, Idea, ScoredIdea
 from ideaforge.implement.apply import apply_edits
 from ideaforge.implement.edits import parse_reply
@@ -101,7 +101,7 @@ def rng(ctx: Context, what: str) -> random.Random:
 
 
 def was_proposed(ctx: Context, title: str) -> bool:
-    return any(names_title(p, title) for p in ctx.proposed)
+    return proposed_titles(ctx).names(title)  # an index, not a scan of the campaign per candidate
 
 
 def round_robin(*lists: list) -> Iterator:

@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 
 from ideaforge.envs.workspace import read_files
 from ideaforge.errors import DiskFull, StoreError
-from ideaforge.ideate import Context, Idea, ScoredIdea, dedup
+from ideaforge.ideate import Context, Idea, ScoredIdea
+from ideaforge.ideate.dedup import DedupIndex
 from ideaforge.implement.implementer import Implementation, Implementer
 from ideaforge.search.campaign import Campaign, Progress, TrialRunner
 from ideaforge.search.judge import Stats, beats, leaderboard
@@ -72,6 +73,7 @@ class Search:
                                        recorder=self.store.add_llm_call)
         self._t0 = time.monotonic()
         self._elapsed_before = float(self.store.get_meta("elapsed_s", 0.0))
+        self._dedup: DedupIndex | None = None  # the campaign's ideas, indexed for de-duplication
 
     # -- the whole campaign ------------------------------------------------------------------
     def run(self) -> str:
@@ -194,8 +196,9 @@ class Search:
         return ideas
 
     def _store_ideas(self, epoch: int, kind: str, ideas: list[Idea], ctx: Context, asked: int) -> None:
-        previous = [f"{i['title']} {i['description']}" for i in self.store.ideas()]
-        kept = dedup(ideas, previous)
+        if self._dedup is None:  # built once per controller, then kept up to date: never a campaign rescan
+            self._dedup = DedupIndex(f"{i['title']} {i['description']}" for i in self.store.ideas())
+        kept = self._dedup.keep(ideas, add=False)
         if len(kept) < len(ideas):
             self.emit("log", {"message": f"  dropped {len(ideas) - len(kept)} near-duplicate idea(s)"})
         with self.store.tx():
@@ -208,6 +211,8 @@ class Search:
                 self.store.add_idea(epoch, kind, idea.title, idea.description, idea.code_changes,
                                     idea.parents, origin)
             self.store.add_ideation(epoch, kind, asked, len(ideas), len(kept), getattr(self.ideator, "name", "?"))
+        for idea in kept:  # indexed as the database holds them, as a resumed controller will index them
+            self._dedup.add(f"{idea.title} {idea.description}")
 
     # -- implementation and trials, pipelined --------------------------------------------------
     def implement_and_run(self, ideas: list[dict]) -> None:
