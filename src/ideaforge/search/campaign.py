@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,7 +33,8 @@ class Campaign:
     @classmethod
     def create(cls, root: str | Path, spec: EnvSpec, config: dict | None = None) -> "Campaign":
         root = Path(root)
-        if (root / "campaign.db").exists():
+        # A create killed before its last transaction left no 'created': it may simply start over.
+        if (root / "campaign.db").exists() and _recorded(root):
             raise ConfigError(f"{root} already holds a campaign; resume it with `ideaforge resume {root}` or pick another --dir")
         store = Store.create_or_open(root)
         rows = snapshot_env(spec, store.env_dir)
@@ -204,6 +206,17 @@ class TrialRunner:
                 self._ingest(trial["id"], record)
             else:
                 self.store.requeue(trial["id"])
+
+
+def _recorded(root: Path) -> bool:
+    """Whether a campaign's creation finished (a killed one may have stopped before its tables)."""
+    store = Store.open_readonly(root)
+    try:
+        return store.get_meta("created") is not None
+    except sqlite3.OperationalError:  # no meta table yet
+        return False
+    finally:
+        store.close()
 
 
 def _read_record(tdir: Path) -> dict | None:
