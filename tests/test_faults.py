@@ -309,3 +309,58 @@ def test_campaign_stops_before_the_disk_fills_and_resumes_once_space_is_freed(tm
     rows = _query(camp, "SELECT seed, outcome, attempt FROM trials ORDER BY seed")
     assert rows == [(s, "evaluated", 0) for s in range(5)]
     assert _query(camp, "PRAGMA integrity_check") == [("ok",)]
+
+
+SEARCH_DRIVER = """
+import sys
+from pathlib import Path
+env, camp, min_free = sys.argv[1], sys.argv[2], int(sys.argv[3])
+from ideaforge.envs import load_env
+from ideaforge.errors import DiskFull
+from ideaforge.execute.local import LocalExecutor
+from ideaforge.ideate import offline_ideator
+from ideaforge.search.campaign import Campaign
+from ideaforge.search.loop import Search, SearchConfig
+
+spec = load_env(env)
+cfg = SearchConfig(epochs=2, ideas=3, confirm_top=1, confirm_seeds=2, baseline_seeds=2)
+campaign = (Campaign.open(camp) if (Path(camp) / "campaign.db").exists()
+            else Campaign.create(camp, spec, {"command": "run", "search": cfg.__dict__}))
+campaign.store.min_free_bytes = min_free
+try:
+    with LocalExecutor(slots=2) as ex:
+        print(Search(campaign, ex, offline_ideator(spec), cfg).run())
+except DiskFull as e:
+    print(f"DiskFull: {e}")
+    sys.exit(3)
+"""
+
+
+@pytest.mark.slow
+def test_search_stops_on_a_full_disk_and_resumes_to_the_same_trials(tmp_path, small_disk):
+    # Every trial leaves 4 MB; the search stops when fewer than 10 MB stay free, its running trials
+    # re-queued; with space freed, the resume finishes and no trial is lost or recorded twice.
+    train = SCORED_TRAIN.replace("time.sleep(2.5 if seed == 2 else 0.3)",
+                                 "open(os.path.join(os.environ['IDEAFORGE_OUT'], 'w.bin'), 'wb').write(b'w' * 4 * 2**20)")
+    env = _toy(tmp_path / "env")
+    (env / "train.py").write_text(train)
+    disk = small_disk("24m")
+    camp = disk / "camp"
+    driver = tmp_path / "search.py"
+    driver.write_text(SEARCH_DRIVER)
+    penv = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    run = [sys.executable, str(driver), str(env), str(camp), str(10 * 2**20)]
+    out = subprocess.run(run, capture_output=True, text=True, env=penv, timeout=300)
+    assert out.returncode == 3 and "DiskFull" in out.stdout and str(camp) in out.stdout, out.stdout + out.stderr
+    assert _query(camp, "SELECT COUNT(*) FROM trials WHERE status='running'") == [(0,)]  # stopped, re-queued
+    first = _query(camp, "SELECT COUNT(*) FROM trials WHERE status='done'")[0][0]
+    assert first >= 1
+
+    small_disk("400m", remount=True)
+    out = subprocess.run(run, capture_output=True, text=True, env=penv, timeout=300)
+    assert out.returncode == 0 and "finished" in out.stdout, out.stdout + out.stderr
+    rows = _query(camp, "SELECT implementation_id, role, seed, status, outcome FROM trials")
+    assert all(r[3] == "done" and r[4] == "evaluated" for r in rows), rows
+    keys = [r[:3] for r in rows]
+    assert len(keys) == len(set(keys)) and len(rows) > first
+    assert _query(camp, "PRAGMA integrity_check") == [("ok",)]
