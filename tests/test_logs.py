@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from ideaforge.execute.logs import HEAD_BYTES, TAIL_BYTES, CappedLog, CurveThinner, LogPump, parse_curve, tail
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -104,6 +106,7 @@ def _flood(tmp_path: Path, lines: int) -> dict:
     return json.loads(out.stdout)
 
 
+@pytest.mark.slow  # ~3 CPU s: 2 M lines through a real pipe
 def test_two_million_metric_lines_keep_the_worker_and_the_file_small(tmp_path):
     small = _flood(tmp_path, 1_000)
     big = _flood(tmp_path, 2_000_000)  # ~55 MB on stdout, ~10 MB on stderr
