@@ -71,7 +71,10 @@ def test_report_is_one_offline_file(campaign, tmp_path):
 
 
 def test_database_text_is_escaped(campaign, tmp_path):
-    html = write_report(campaign, tmp_path / "r.html").read_text()
+    out = write_report(campaign, tmp_path / "r.html")
+    # The page and the per-idea detail scripts beside it (JSON string literals of escaped HTML).
+    html = out.read_text() + "".join(json.loads(f'"{m}"') for f in sorted((tmp_path / "r_ideas").glob("*.js"))
+                                     for m in re.findall(r'ideaforgeDetail\(\d+, "((?:[^"\\]|\\.)*)"\);', f.read_text()))
     assert INJECTION_TITLE not in html and "<script>alert(1)" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt; bigger batch" in html
     assert "<img src=x" not in html and "&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in html
@@ -244,8 +247,8 @@ def test_report_in_browser(campaign, tmp_path, page):
     top = want[0]["idea_id"]
     diff = page.locator(f"#idea-{top} pre.diff")
     assert not diff.is_visible()
-    page.locator(f"#leaderboard a[href='#idea-{top}']").click()  # the link opens the idea
-    assert diff.is_visible()
+    page.locator(f"#leaderboard a[href='#idea-{top}']").click()  # the link opens the idea ...
+    diff.wait_for(state="visible", timeout=10_000)  # ... and its details load from the script beside the page
     assert page.locator(f"#idea-{top} pre.diff .d-add").first.is_visible()
     assert "lr = " in diff.inner_text()
     page.locator("#idea-2 > summary").click()

@@ -146,7 +146,7 @@ def test_sigkill_mid_campaign_resumes_to_the_same_leaderboard(tmp_path):
     # Kill points are states of the campaign, not times, so they mean the same on a loaded
     # machine: just created, mid-search (twice in quick succession), and in the confirmation phase.
     points = [lambda: (camp / "campaign.db").exists(), lambda: _done(camp) >= 4, lambda: True,
-              lambda: _done(camp) >= 9, lambda: _meta(camp, "confirm_ideas") is not None]
+              lambda: _done(camp) >= 9, lambda: _meta(camp, "confirm_set") is not None]
     kills = 0
     for point in points:
         _wait_until(lambda: point() or proc.poll() is not None)
@@ -327,7 +327,8 @@ def test_resume_in_the_confirmation_phase_confirms_the_same_ideas(tmp_path):
     camp = run_offline(quadratic_env(tmp_path / "env"), tmp_path / "camp", epochs=1, ideas=4, confirm_top=2,
                        confirm_seeds=2)
     store = camp.store
-    picked = store.get_meta("confirm_ideas")
+    idea_of = {i["id"]: i["idea_id"] for i in store.implementations()}
+    picked = [idea_of[i] for i in store.confirm_set()]
     assert len(picked) == 2
     n_trials = len(store.trials())
     # A confirm seed of the best idea measured terribly: the leaderboard's top 2 changes.
@@ -339,5 +340,5 @@ def test_resume_in_the_confirmation_phase_confirms_the_same_ideas(tmp_path):
     with LocalExecutor(slots=2) as ex:
         Search(camp, ex, offline_ideator(camp.spec),
                SearchConfig(epochs=1, ideas=4, confirm_top=2, confirm_seeds=2)).confirm()
-    assert store.get_meta("confirm_ideas") == picked
+    assert [idea_of[i] for i in store.confirm_set()] == picked
     assert len(store.trials()) == n_trials  # nothing new to run: the same ideas already have their seeds

@@ -57,14 +57,14 @@ def beats(idea: Stats | None, baseline: Stats | None, goal: str) -> bool:
 
 def leaderboard(store: Any, goal: str) -> tuple[Stats | None, list[dict]]:
     """(baseline stats, one row per implemented idea, best first)."""
-    trials = store.trials()
+    trials = store.trial_outcomes()  # no curves, diffs or files: a leaderboard stays cheap at any size
     base = Stats.of([t["metric"] for t in trials if t["role"] == "baseline" and t["outcome"] == "evaluated"])
-    impl_to_idea = {r["id"]: r["idea_id"] for r in store.implementations()}
+    impl_to_idea = {r["id"]: r["idea_id"] for r in store.implementation_heads()}
     by_idea: dict[int, list[dict]] = {}
     for t in trials:
         if t["implementation_id"] is not None and t["role"] in ("candidate", "confirm"):
             by_idea.setdefault(impl_to_idea.get(t["implementation_id"]), []).append(t)
-    ideas = {i["id"]: i for i in store.ideas()}
+    ideas = {i["id"]: i for i in store.idea_heads()}
     rows = []
     for idea_id, ts in by_idea.items():
         idea = ideas.get(idea_id)

@@ -16,16 +16,21 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable
 
-from ideaforge.errors import StoreError
+from ideaforge.errors import DiskFull, StoreError
 from ideaforge.outcomes import OUTCOMES
 
 DB_NAME = "campaign.db"
+# Free space kept on the campaign's disk (bytes): the database and its WAL, the logs and
+# outputs of running trials. Below it (plus one workspace), no new trial starts.
+MIN_FREE_BYTES = 64 * 2**20
 
 # Numbered migrations: index i brings the schema from version i to i+1. Never edit a
 # shipped entry; append a new one.
@@ -100,6 +105,26 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE trials ADD COLUMN requeues INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: each epoch's ideation call, recorded with its ideas so a resume never asks again
+    # (ideations made before this table are taken from the ideas they left).
+    """
+    CREATE TABLE ideations (
+        epoch INTEGER NOT NULL,
+        kind TEXT NOT NULL,              -- initial | exploit | explore | best_of_n
+        asked INTEGER,                   -- ideas requested (NULL when recorded before this table)
+        returned INTEGER NOT NULL,       -- ideas the ideator gave back (may be fewer than asked)
+        kept INTEGER NOT NULL,           -- ideas stored after de-duplication
+        ideator TEXT,
+        created REAL NOT NULL,
+        PRIMARY KEY (epoch, kind)
+    );
+    INSERT INTO ideations(epoch, kind, asked, returned, kept, ideator, created)
+        SELECT epoch, kind, NULL, COUNT(*), COUNT(*), NULL, MIN(created) FROM ideas
+        WHERE kind IN ('initial', 'exploit', 'explore', 'best_of_n') GROUP BY epoch, kind;
+    -- one idea's implementations and one implementation's trials, without a scan (reports, confirm)
+    CREATE INDEX implementations_idea ON implementations(idea_id);
+    CREATE INDEX trials_implementation ON trials(implementation_id);
+    """,
 ]
 
 LOCK_NAME = "controller.lock"
@@ -121,6 +146,8 @@ class Store:
         # One connection shared by the controller's threads (parallel model calls record
         # themselves); the lock keeps a transaction from interleaving with other writes.
         self.lock = threading.RLock()
+        self.min_free_bytes = MIN_FREE_BYTES
+        self._workspace_bytes: int | None = None
 
     # -- opening ---------------------------------------------------------------
     @classmethod
@@ -168,11 +195,40 @@ class Store:
                 self.conn.execute(f"PRAGMA user_version={i + 1}")
 
     def tx(self):
-        return _Tx(self.conn, self.lock)
+        return _Tx(self.conn, self.lock, self._disk_errors)
 
     def execute(self, sql: str, args: tuple | list = ()) -> sqlite3.Cursor:
-        with self.lock:
+        with self.lock, self._disk_errors():
             return self.conn.execute(sql, args)
+
+    # -- disk space: a full disk is a clean, resumable stop, never a raw sqlite3 error ---------
+    @contextmanager
+    def _disk_errors(self):
+        try:
+            yield
+        except sqlite3.OperationalError as e:
+            free = _free_bytes(self.root)
+            # SQLITE_FULL says so; a WAL write that hit ENOSPC can surface as SQLITE_IOERR.
+            if "full" in str(e) or ("disk I/O" in str(e) and free < self.min_free_bytes):
+                raise self._disk_full(free, self.min_free_bytes, f"SQLite: {e}") from e
+            raise
+
+    def _disk_full(self, free: int, need: int, cause: str) -> DiskFull:
+        return DiskFull(
+            f"{self.root}: the disk holding this campaign is full ({_mb(free)} free; ideaforge needs {_mb(need)} "
+            f"free there to go on; {cause}). Running trials were stopped and nothing recorded is lost: free "
+            f"{_mb(max(need - free, 0))} or more on that disk, then resume this campaign.",
+            path=str(self.root), needed_bytes=need, free_bytes=free)
+
+    def check_space(self) -> None:
+        """Raise DiskFull when the disk cannot take one more trial and keep its reserve free."""
+        if self._workspace_bytes is None:  # one trial workspace: the editable and visible files
+            rows = self.execute("SELECT COALESCE(SUM(size), 0) FROM env_files WHERE cls != 'hidden'").fetchone()
+            self._workspace_bytes = int(rows[0])
+        need = self.min_free_bytes + self._workspace_bytes
+        free = _free_bytes(self.root)
+        if free < need:
+            raise self._disk_full(free, need, "checked before starting a trial")
 
     def close(self) -> None:
         self.conn.close()
@@ -204,7 +260,7 @@ class Store:
         return self.get_meta("env") or {}
 
     def set_env_files(self, rows: Iterable[tuple[str, str, str, int]]) -> None:
-        with self.tx():
+        with self.tx(), self._disk_errors():
             self.execute("DELETE FROM env_files")
             self.conn.executemany("INSERT INTO env_files(path, cls, sha256, size) VALUES (?, ?, ?, ?)", list(rows))
 
@@ -256,6 +312,18 @@ class Store:
         cur = self.execute("UPDATE trials SET status='running', pid=NULL, started=? WHERE id=? AND status='queued'",
                            (time.time(), trial_id))
         return cur.rowcount == 1
+
+    def trial_outcomes(self) -> list[dict[str, Any]]:
+        """Every trial without its curve and metrics: what leaderboards and counts need, cheap at any size."""
+        rows = self.execute("SELECT id, implementation_id, role, seed, status, outcome, metric, reason, requeues "
+                            "FROM trials ORDER BY id").fetchall()
+        return [dict(r) for r in rows]
+
+    def trials_of_implementations(self, implementation_ids: Iterable[int]) -> list[dict[str, Any]]:
+        ids = [int(i) for i in implementation_ids]
+        rows = self.execute(f"SELECT * FROM trials WHERE implementation_id IN ({','.join('?' * len(ids))}) "
+                            "ORDER BY id", ids).fetchall() if ids else []
+        return [_trial_dict(r) for r in rows]
 
     def set_pid(self, trial_id: int, pid: int) -> None:
         self.execute("UPDATE trials SET pid=? WHERE id=?", (pid, trial_id))
@@ -329,6 +397,20 @@ class Store:
             out.append(d)
         return out
 
+    def idea_heads(self) -> list[dict[str, Any]]:
+        """Every idea without its texts and origin: id, epoch, kind, title, parents, status."""
+        rows = self.execute("SELECT id, epoch, kind, title, parents, status FROM ideas ORDER BY id").fetchall()
+        return [dict(r) | {"parents": json.loads(r["parents"])} for r in rows]
+
+    def idea(self, idea_id: int) -> dict[str, Any] | None:
+        row = self.execute("SELECT * FROM ideas WHERE id = ?", (idea_id,)).fetchone()
+        return None if row is None else dict(row) | {"parents": json.loads(row["parents"]),
+                                                     "origin": json.loads(row["origin"])}
+
+    def implementation_heads(self) -> list[dict[str, Any]]:
+        """Every implementation without its diff, files and attempts: id, idea_id, status."""
+        return [dict(r) for r in self.execute("SELECT id, idea_id, status FROM implementations ORDER BY id")]
+
     def add_implementation(self, idea_id: int | None, ok: bool, diff: str, files: dict, attempts: list,
                            error: str | None) -> int:
         cur = self.execute(
@@ -352,6 +434,25 @@ class Store:
         with self.lock:
             rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
         return [dict(r) | {"files": json.loads(r["files"]), "attempts": json.loads(r["attempts"])} for r in rows]
+
+    def add_ideation(self, epoch: int, kind: str, asked: int, returned: int, kept: int, ideator: str) -> None:
+        """Record one ideation call; store it in the same transaction as the ideas it kept."""
+        self.execute(
+            "INSERT INTO ideations(epoch, kind, asked, returned, kept, ideator, created) VALUES (?,?,?,?,?,?,?)",
+            (epoch, kind, asked, returned, kept, ideator, time.time()),
+        )
+
+    def ideations(self, epoch: int) -> dict[str, dict[str, Any]]:
+        """The ideation calls already made for one epoch, by kind."""
+        rows = self.execute("SELECT * FROM ideations WHERE epoch = ?", (epoch,)).fetchall()
+        return {r["kind"]: dict(r) for r in rows}
+
+    def set_confirm_set(self, implementation_ids: list[int]) -> None:
+        """The implementations chosen for confirmation, chosen once: a resume confirms the same set."""
+        self.set_meta("confirm_set", [int(i) for i in implementation_ids])
+
+    def confirm_set(self) -> list[int] | None:
+        return self.get_meta("confirm_set")
 
     # -- model calls -------------------------------------------------------------
     def add_llm_call(self, rec: Any) -> int:
@@ -445,14 +546,16 @@ class ControllerLock:
 class _Tx:
     """BEGIN IMMEDIATE ... COMMIT, rolled back on error (autocommit connection otherwise)."""
 
-    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock):
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock, disk_errors):
         self.conn = conn
         self.lock = lock
+        self.disk_errors = disk_errors  # maps a full disk to DiskFull
 
     def __enter__(self):
         self.lock.acquire()
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            with self.disk_errors():
+                self.conn.execute("BEGIN IMMEDIATE")
         except BaseException:
             self.lock.release()
             raise
@@ -460,10 +563,31 @@ class _Tx:
 
     def __exit__(self, exc_type, exc, tb):
         try:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            if exc_type:
+                if self.conn.in_transaction:  # SQLite may have rolled back already (a full disk)
+                    self.conn.execute("ROLLBACK")
+            else:
+                try:
+                    with self.disk_errors():
+                        self.conn.execute("COMMIT")
+                except BaseException:
+                    if self.conn.in_transaction:  # a failed COMMIT can leave it open
+                        self.conn.execute("ROLLBACK")
+                    raise
         finally:
             self.lock.release()
         return False
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return 0
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
 
 
 def _split_sql(script: str) -> list[str]:

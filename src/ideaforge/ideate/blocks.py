@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from ideaforge.edit.apply import apply_edits
 from ideaforge.edit.parse import parse_reply
 from ideaforge.errors import EditRefused
-from ideaforge.ideate.dedup import names_title
+from ideaforge.ideate.dedup import proposed_titles
 from ideaforge.ideate.types import Context, Idea, ScoredIdea
 
 
@@ -101,7 +101,7 @@ def rng(ctx: Context, what: str) -> random.Random:
 
 
 def was_proposed(ctx: Context, title: str) -> bool:
-    return any(names_title(p, title) for p in ctx.proposed)
+    return proposed_titles(ctx).names(title)  # an index, not a scan of the campaign per candidate
 
 
 def round_robin(*lists: list) -> Iterator:

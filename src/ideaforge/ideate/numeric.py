@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import ast
 import re
-import threading
 from dataclasses import dataclass
 
+from ideaforge.envs.pyparse import parse as parse_python
 from ideaforge.ideate import blocks as B
 from ideaforge.ideate.types import Context, Idea, ScoredIdea, rank
 
@@ -131,16 +131,11 @@ def tunable(name: str, value: object) -> bool:
     return not (isinstance(value, int) and value == 0)
 
 
-# CPython 3.11's ast.parse is not thread-safe (gh-106905: "AST constructor recursion depth
-# mismatch"), and the search asks the exploit and explore ideators in two threads at once.
-_PARSE = threading.Lock()
-
 
 def find_settings(path: str, text: str) -> list[Setting]:
     """The numeric settings of one Python file, in file order; [] if it does not parse."""
     try:
-        with _PARSE:
-            tree = ast.parse(text)
+        tree = parse_python(text, path)
     except SyntaxError:
         return []
     lines = text.split("\n")

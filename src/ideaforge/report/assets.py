@@ -65,11 +65,36 @@ button{font:inherit;font-size:12px;border:1px solid var(--line);background:#fff;
 p.empty{color:var(--muted)}
 """
 
-# Opens the idea named by the URL hash; in the live view (body[data-live="1"]) polls
-# api/state every 2 s and, when its version changes, swaps #content for the fresh page's,
-# keeping open <details> open.
+# Opens the idea named by the URL hash; loads an opened idea's details (a script beside the
+# page, or from the live server, that calls ideaforgeDetail); in the live view
+# (body[data-live="1"]) polls api/state every 2 s and, when its version changes, swaps
+# #content for the fresh page's, keeping open <details> open.
 JS = """
 (function(){
+  window.ideaforgeDetail = function(id, html){
+    var el = document.getElementById('detail-' + id);
+    if (el) { el.innerHTML = html; el.dataset.loaded = '1'; }
+  };
+  var requested = {};  // script URL -> true: one script may hold the details of many ideas
+  function load(d){
+    var el = d.querySelector('.detail[data-src]');
+    if (!el || el.dataset.loaded) return;
+    var src = el.dataset.src;
+    if (requested[src]) return;
+    requested[src] = true;
+    var s = document.createElement('script');
+    s.src = src;
+    s.onload = s.onerror = function(){
+      s.remove();
+      delete requested[src];
+      if (!el.dataset.loaded) el.textContent = 'could not load ' + src;
+    };
+    document.head.appendChild(s);
+  }
+  document.addEventListener('toggle', function(ev){
+    var d = ev.target;
+    if (d.classList && d.classList.contains('idea') && d.open) load(d);
+  }, true);  // toggle does not bubble: listen while it is captured
   function openHash(){
     var h = decodeURIComponent(location.hash || '');
     if (h.indexOf('#idea-') !== 0) return;

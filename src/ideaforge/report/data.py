@@ -10,6 +10,10 @@ the renderers never touch the database. Shape (keys that matter):
     leaderboard  rows of stats.leaderboard, best first, Stats flattened to mean/std/n
     ideas        every idea with parents, children, implementations, trials, log tails
     state        what the live view polls (see `campaign_state`)
+
+`load_campaign(dir, details=False)` leaves out what only an opened idea shows (diffs,
+attempts, curves, log tails: most of a large campaign's bytes); `idea_details(store, id)`
+loads those for one idea, with indexed queries, when the page asks for them.
 """
 
 from __future__ import annotations
@@ -33,26 +37,29 @@ LOGS = ("train.err", "train.out")
 OUTCOME_ORDER = IDEA_OUTCOMES
 
 
-def load_campaign(campaign_dir: str | Path) -> dict[str, Any]:
+def load_campaign(campaign_dir: str | Path, details: bool = True) -> dict[str, Any]:
     store = Store.open_readonly(campaign_dir)
     try:
-        return _load(store)
+        return _load(store, details)
     finally:
         store.close()
 
 
-def _load(store: Store) -> dict[str, Any]:
+def _load(store: Store, details: bool = True) -> dict[str, Any]:
     facts = store.env_facts()  # the environment as resolved when the campaign was made
     goal = facts.get("goal", "min")
     config = store.get_meta("config", {}) or {}
     search = config.get("search", {}) or {}
 
     ideas = store.ideas()
-    impls = store.implementations()
-    trials = store.trials()
+    if details:
+        impls, trials = store.implementations(), store.trials()
+    else:  # slim rows; the baseline's few trials in full (the page shows their logs)
+        full = {t["id"]: t for t in store.trials(role="baseline")}
+        impls, trials = store.implementation_heads(), [full.get(t["id"], t) for t in store.trial_outcomes()]
     base, rows = leaderboard(store, goal)
 
-    ideas_out = _ideas(store, ideas, impls, trials, rows)
+    ideas_out = _ideas(store, ideas, impls, trials, rows, details)
     epochs = _epochs(ideas_out, goal)
     data: dict[str, Any] = {
         "dir": str(store.root),
@@ -129,7 +136,7 @@ def _row(r: dict) -> dict[str, Any]:
 
 # -- ideas ------------------------------------------------------------------------------
 def _ideas(store: Store, ideas: list[dict], impls: list[dict], trials: list[dict],
-           rows: list[dict]) -> list[dict]:
+           rows: list[dict], details: bool = True) -> list[dict]:
     impls_of: dict[int, list[dict]] = {}
     for impl in impls:
         impls_of.setdefault(impl["idea_id"], []).append(impl)
@@ -155,13 +162,32 @@ def _ideas(store: Store, ideas: list[dict], impls: list[dict], trials: list[dict
             "parents": idea["parents"], "children": children.get(idea["id"], []),
             "origin": {k: v for k, v in idea["origin"].items() if k != "edit"},  # the edit is the diff below
             "status": idea["status"],
-            "implementations": [_impl(i) for i in its_impls],
-            "trials": [_trial(store, t) for t in its_trials],
+            "implementations": [_impl(i) if details else _head(i, IMPL_HEAD) for i in its_impls],
+            "trials": [_trial(store, t) if details else _head(t, TRIAL_HEAD) for t in its_trials],
             "mean": row["mean"] if row else None, "std": row["std"] if row else None,
             "n": row["n"] if row else 0, "beats": bool(row and row["beats"]), "z": row["z"] if row else None,
             "outcome": _outcome(idea, its_impls, its_trials),
         })
     return out
+
+
+IMPL_HEAD = ("id", "status")
+TRIAL_HEAD = ("id", "role", "seed", "status", "outcome", "metric")
+
+
+def _head(row: dict, keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: row[k] for k in keys}
+
+
+def idea_details(store: Store, idea_id: int) -> dict[str, Any] | None:
+    """What an opened idea shows beyond the list: implementations (diffs, attempts) and trials (curves,
+    log tails), as in `load_campaign(details=True)`; None when there is no such idea."""
+    if store.idea(idea_id) is None:
+        return None
+    impls = store.implementations(idea_id)
+    trials = store.trials_of_implementations(i["id"] for i in impls)
+    return {"id": idea_id, "implementations": [_impl(i) for i in impls],
+            "trials": [_trial(store, t) for t in trials]}
 
 
 def _impl(impl: dict) -> dict[str, Any]:

@@ -1,47 +1,87 @@
 """The campaign report: one self-contained HTML file (inline CSS, JS and SVG; nothing remote).
 
-`render(data)` turns the dict of `data.load_campaign` into the page; `write_report`
-writes it next to the campaign. The live view (`server.py`) serves the same page with
-`live=True`, which adds a poller that swaps in the fresh page when the campaign moves.
-Every string from the database passes through `esc` (model-written text is untrusted),
-and a Content-Security-Policy forbids the page from loading anything from elsewhere.
+`render(data)` turns the dict of `data.load_campaign(dir, details=False)` into the page;
+`write_report` writes it next to the campaign. The page lists every idea; what an opened
+idea shows beyond that (implementations, diffs, trials, curves, logs) is one small
+script per idea, `<page>_ideas/<id>.js`, loaded when the idea opens: a 2,000-idea
+campaign is a page of a few MB, not tens, and rendering it costs seconds, not minutes.
+The live view (`server.py`) serves the same page with `live=True`, which adds a poller
+that swaps in the fresh page when the campaign moves, and renders each idea's script on
+request. Every string from the database passes through `esc` (model-written text is
+untrusted), and a Content-Security-Policy forbids the page from loading anything from
+elsewhere (scripts only inline or from beside the page).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
 from ideaforge.report import svg
 from ideaforge.report.assets import CSS, JS
-from ideaforge.report.data import OUTCOME_ORDER, compare_series, load_campaign
+from ideaforge.report.data import OUTCOME_ORDER, compare_series, idea_details, load_campaign
 from ideaforge.report.svg import esc, fmt
+from ideaforge.store import Store
 
 REPORT_NAME = "report.html"
-# Inline styles and scripts only; the live view may fetch its own origin (connect-src 'self').
-CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:; "
+CHUNK = 32  # ideas per detail script of a written report: a few files per hundred ideas, each ~0.5 MB
+CURVE_POINTS = 160  # points per learning curve drawn in a 320 px plot (the stored curve keeps up to 2,000)
+# Inline styles and scripts, plus the per-idea scripts beside the page ('self'); the live view
+# may fetch its own origin (connect-src 'self').
+CSP = ("default-src 'none'; style-src 'unsafe-inline'; script-src 'self' 'unsafe-inline'; img-src data:; "
        "connect-src 'self'; base-uri 'none'; form-action 'none'")
 
 
 def write_report(campaign_dir: str | Path, out_path: str | Path | None = None,
                  compare: Iterable[str | Path] = ()) -> Path:
-    """Write the report of `campaign_dir` (default DIR/report.html); `compare` campaigns are
-    overlaid on the best-so-far plot (e.g. a best-of-N control beside an evolve run)."""
+    """Write the report of `campaign_dir` (default DIR/report.html, its ideas' details in
+    DIR/report_ideas/); `compare` campaigns are overlaid on the best-so-far plot (e.g. a
+    best-of-N control beside an evolve run)."""
     campaign_dir = Path(campaign_dir)
-    data = load_campaign(campaign_dir)
+    data = load_campaign(campaign_dir, details=False)
     for other in compare:
         data["series"] += compare_series(other, data["summary"]["goal"])
     out = Path(out_path) if out_path else campaign_dir / REPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
+    details = out.with_name(details_dir_name(out))
+    tmp_details = details.with_name(details.name + ".tmp")
+    shutil.rmtree(tmp_details, ignore_errors=True)
+    tmp_details.mkdir()
+    chunks: dict[int, list[int]] = {}
+    for idea in data["ideas"]:
+        chunks.setdefault(idea["id"] // CHUNK, []).append(idea["id"])
+    store = Store.open_readonly(campaign_dir)
+    try:  # one chunk at a time: memory stays flat however large the campaign
+        for chunk, ids in chunks.items():
+            text = "".join(detail_script(store, i) for i in ids)
+            (tmp_details / f"{chunk}.js").write_text(text, encoding="utf-8")
+    finally:
+        store.close()
+    shutil.rmtree(details, ignore_errors=True)
+    tmp_details.replace(details)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(render(data), encoding="utf-8")
+    tmp.write_text(render(data, detail_src=lambda i: f"{details.name}/{i // CHUNK}.js"), encoding="utf-8")
     tmp.replace(out)  # a browser reloading the file never sees half a page
     return out
 
 
-def render(data: dict[str, Any], live: bool = False) -> str:
+def details_dir_name(page: Path) -> str:
+    """Where a page's per-idea scripts live: report.html -> report_ideas/."""
+    return f"{page.stem}_ideas"
+
+
+def detail_script(store: Store, idea_id: int) -> str:
+    """The script that fills in one opened idea (JSON string literal: safe whatever the text)."""
+    d = idea_details(store, idea_id)
+    html = detail_html(d) if d else '<p class="empty">This idea is gone from the database.</p>'
+    return f"ideaforgeDetail({int(idea_id)}, {json.dumps(html)});\n"
+
+
+def render(data: dict[str, Any], live: bool = False, detail_src=None) -> str:
+    """The page; `detail_src(idea_id)` is the URL of the script holding an idea's details."""
     s = data["summary"]
     title = f"ideaforge · {s['env']} · {Path(data['dir']).name}"
     return "".join([
@@ -50,15 +90,16 @@ def render(data: dict[str, Any], live: bool = False) -> str:
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
         f"<title>{esc(title)}</title><style>{CSS}</style></head>",
         f'<body data-live="{int(live)}" data-version="{esc(data["state"]["version"])}">',
-        f'<div id="content">{content(data, live)}</div>',
+        f'<div id="content">{content(data, live, detail_src)}</div>',
         f"<script>{JS}</script></body></html>",
     ])
 
 
-def content(data: dict[str, Any], live: bool = False) -> str:
+def content(data: dict[str, Any], live: bool = False, detail_src=None) -> str:
     """Everything inside #content: the part the live view swaps on each change."""
+    src = detail_src or (lambda i: f"report_ideas/{i // CHUNK}.js")
     return "".join([_header(data, live), _summary(data), _plots(data), _leaderboard(data),
-                    _ideas(data), _baseline_trials(data)])
+                    _ideas(data, src), _baseline_trials(data)])
 
 
 # -- header and summary ---------------------------------------------------------------
@@ -161,18 +202,18 @@ def _outcome_badge(outcome: str | None) -> str:
 
 
 # -- ideas ---------------------------------------------------------------------------------
-def _ideas(data: dict) -> str:
+def _ideas(data: dict, src) -> str:
     ideas = data["ideas"]
     if not ideas:
         return '<section id="ideas"><h2>Ideas</h2><p class="empty">No ideas yet.</p></section>'
     titles = {i["id"]: i["title"] for i in ideas}
-    body = "".join(_idea(i, titles) for i in ideas)
+    body = "".join(_idea(i, titles, src(i["id"])) for i in ideas)
     return (f'<section id="ideas"><h2>Ideas <span class="sub">{len(ideas)}</span></h2>'
             '<p class="hint"><button type="button" id="expand-all">expand all</button> '
             f'<button type="button" id="collapse-all">collapse all</button></p>{body}</section>')
 
 
-def _idea(i: dict, titles: dict[int, str]) -> str:
+def _idea(i: dict, titles: dict[int, str], src: str) -> str:
     score = ""
     if i["mean"] is not None:
         score = f'<span class="score">{esc(fmt(i["mean"], 5))}' + (f' ± {esc(fmt(i["std"], 3))}' if i["n"] > 1 else "") + "</span>"
@@ -187,13 +228,30 @@ def _idea(i: dict, titles: dict[int, str]) -> str:
     if i["origin"]:
         parts.append('<p class="origin">' + " · ".join(
             f"{esc(k)}: {esc(v if isinstance(v, str) else json.dumps(v))}" for k, v in i["origin"].items()) + "</p>")
-    parts += [_implementation(impl) for impl in i["implementations"]]
-    if i["trials"]:
-        parts.append(_trials_table(i["trials"]))
-        if (plot := svg.curve(f'curve-{i["id"]}', i["trials"])) is not None:
-            parts.append(f'<div class="curve">{plot}</div>')
-        parts.append(_logs(i["trials"]))
+    parts.append(f'<div class="detail" id="detail-{i["id"]}" data-src="{esc(src)}">'
+                 f'<p class="hint">{len(i["implementations"])} implementation(s), {len(i["trials"])} trial(s): '
+                 'loading diffs, trials and logs …</p></div>')
     return f'<details class="idea" id="idea-{i["id"]}">{head}<div class="body">{"".join(parts)}</div></details>'
+
+
+def detail_html(d: dict) -> str:
+    """An opened idea's implementations, trials, curve and logs (from `data.idea_details`)."""
+    parts = [_implementation(impl) for impl in d["implementations"]]
+    if d["trials"]:
+        parts.append(_trials_table(d["trials"]))
+        drawn = [dict(t, curve=_thin(t.get("curve") or [], CURVE_POINTS)) for t in d["trials"]]
+        if (plot := svg.curve(f'curve-{d["id"]}', drawn)) is not None:
+            parts.append(f'<div class="curve">{plot}</div>')
+        parts.append(_logs(d["trials"]))
+    return "".join(parts)
+
+
+def _thin(points: list, n: int) -> list:
+    """At most n evenly strided points of a curve, the last always among them."""
+    if len(points) <= n:
+        return points
+    step = len(points) / (n - 1)
+    return [points[int(k * step)] for k in range(n - 1)] + [points[-1]]
 
 
 def _lineage(i: dict, titles: dict[int, str]) -> str:

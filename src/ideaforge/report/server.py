@@ -6,6 +6,7 @@ loop could wait on, and it answers only GET/HEAD on two paths:
 
     /            the report page, rendered fresh, with a poller (every 2 s)
     /api/state   {"version": ..., "trials_done": ..., "last_trial": ..., ...}
+    /ideas/N.js  one idea's details (diffs, trials, logs), asked for when the reader opens it
 
 Bound to 127.0.0.1 unless told otherwise: campaign logs and diffs are not for the LAN.
 """
@@ -13,6 +14,7 @@ Bound to 127.0.0.1 unless told otherwise: campaign logs and diffs are not for th
 from __future__ import annotations
 
 import json
+import re
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,7 +22,10 @@ from typing import Callable
 
 from ideaforge.errors import StoreError
 from ideaforge.report.data import load_campaign, read_state
-from ideaforge.report.html import render
+from ideaforge.report.html import detail_script, render
+from ideaforge.store import Store
+
+_DETAIL = re.compile(r"^/ideas/(\d+)\.js$")
 
 
 class ReportServer(ThreadingHTTPServer):
@@ -49,11 +54,21 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         try:
             if path in ("/", "/index.html"):
-                body, ctype = render(load_campaign(self.server.campaign_dir), live=True).encode(), "text/html; charset=utf-8"
+                data = load_campaign(self.server.campaign_dir, details=False)
+                # One script per idea, named by the campaign's version: a browser never reuses a stale one.
+                version = data["state"]["version"]
+                body = render(data, live=True, detail_src=lambda i: f"ideas/{i}.js?v={version}").encode()
+                ctype = "text/html; charset=utf-8"
+            elif m := _DETAIL.match(path):
+                store = Store.open_readonly(self.server.campaign_dir)
+                try:
+                    body, ctype = detail_script(store, int(m.group(1))).encode(), "text/javascript; charset=utf-8"
+                finally:
+                    store.close()
             elif path == "/api/state":
                 body, ctype = json.dumps(read_state(self.server.campaign_dir)).encode(), "application/json"
             else:
-                return self._error(HTTPStatus.NOT_FOUND, f"no page {path}; try / or /api/state")
+                return self._error(HTTPStatus.NOT_FOUND, f"no page {path}; try /, /api/state or /ideas/N.js")
         except StoreError as e:
             return self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(e))
         self.send_response(HTTPStatus.OK)

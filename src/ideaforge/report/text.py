@@ -35,7 +35,7 @@ def status_lines(store: Store, env: str | None = None, metric: str | None = None
                    else "worse or equal") + (f" (z={r['z']:.1f})" if r["z"] is not None else "")
         out.append(f"{i:>4} {r['idea_id']:>5} {r['epoch']:>5}  {r['stats'].fmt():<28} {verdict:<28} {r['title'][:60]}")
     out += ["", f"{'epoch':>5} {'ideas':>5} {'executed':>8} {'best':>10} {'mean':>10}  failures"]
-    ideas = store.ideas()
+    ideas = store.idea_heads()
     for epoch in sorted({i["epoch"] for i in ideas}):
         ep_rows = [r for r in rows if r["epoch"] == epoch]
         values = [r["stats"].mean for r in ep_rows if r["stats"]]

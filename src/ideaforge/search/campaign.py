@@ -219,6 +219,7 @@ class TrialRunner:
         for trial in self.store.trials(status="queued"):
             if not self.executor.can_start(self.campaign.spec.gpus):
                 break
+            self.store.check_space()  # raises DiskFull: a clean stop before the disk fills
             # Claim first, then prepare and launch: a crash in between leaves a 'running'
             # trial with no worker, which recover() re-queues.
             if not self.store.claim(trial["id"]):

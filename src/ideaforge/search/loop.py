@@ -21,7 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from ideaforge.envs.workspace import read_files
-from ideaforge.ideate import Context, Idea, ScoredIdea, dedup
+from ideaforge.errors import DiskFull, StoreError
+from ideaforge.ideate import Context, Idea, ScoredIdea
+from ideaforge.ideate.dedup import DedupIndex
 from ideaforge.implement.implementer import Implementation, Implementer
 from ideaforge.search.assemble import record_implementation
 from ideaforge.search.campaign import Campaign, Progress, TrialRunner
@@ -72,6 +74,7 @@ class Search:
                                        recorder=self.store.add_llm_call)
         self._t0 = time.monotonic()
         self._elapsed_before = float(self.store.get_meta("elapsed_s", 0.0))
+        self._dedup: DedupIndex | None = None  # the campaign's ideas, indexed for de-duplication
 
     def _leased(self, smoke):
         """The smoke check, run only in a slot of the executor: smoke runs and trials together
@@ -86,7 +89,20 @@ class Search:
 
     # -- the whole campaign ------------------------------------------------------------------
     def run(self) -> str:
-        """Run (or resume) to the end. Returns why it stopped: finished | budget: ..."""
+        """Run (or resume) to the end. Returns why it stopped: finished | budget: ...
+
+        On a full disk it stops the running trials (re-queued for the resume) and raises DiskFull."""
+        try:
+            return self._run()
+        except DiskFull:
+            try:  # best effort: with no room left, even the re-queue may not be written; resume recovers
+                self.runner.stop()
+                self._save_elapsed()
+            except StoreError:
+                pass
+            raise
+
+    def _run(self) -> str:
         self.runner.recover()
         if not self.store.trials(role="baseline"):
             with self.store.tx():
@@ -160,20 +176,18 @@ class Search:
                        seed=self.cfg.seed * 1000 + epoch)
 
     def ideas_for(self, epoch: int) -> list[dict]:
-        """This epoch's ideas: from the database if already proposed, else from the ideator."""
-        existing = self.store.ideas(epoch)
-        have = {k: sum(i["kind"] == k for i in existing) for k in ("initial", "exploit", "explore", "best_of_n")}
-        # Asked once per epoch: an epoch left short by de-duplication is not asked again on resume
-        # (with a model, that would be a paid call, and ideas an uninterrupted run never had).
-        if len(existing) < self.cfg.ideas and self.store.get_meta("ideated_through", -1) < epoch:
-            ctx = self.context(epoch)
-            if self.cfg.mode == "best-of-n" or epoch == 0:
-                kind = "best_of_n" if self.cfg.mode == "best-of-n" else "initial"
-                self._store_ideas(epoch, kind, self.ideator.initial(ctx, self.cfg.ideas - len(existing)), ctx,
-                                  last=True)
-            else:
-                n_exploit = max(0, self.cfg.exploit_count(epoch) - have["exploit"])
-                n_explore = max(0, self.cfg.ideas - self.cfg.exploit_count(epoch) - have["explore"])
+        """This epoch's ideas: each kind of ideation is asked once; a resume reuses what was recorded."""
+        done = self.store.ideations(epoch)  # recorded with the ideas, in one transaction
+        if self.cfg.mode == "best-of-n" or epoch == 0:
+            kind = "best_of_n" if self.cfg.mode == "best-of-n" else "initial"
+            if kind not in done:
+                ctx = self.context(epoch)
+                self._store_ideas(epoch, kind, self.ideator.initial(ctx, self.cfg.ideas), ctx, self.cfg.ideas)
+        else:
+            n_exploit = 0 if "exploit" in done else self.cfg.exploit_count(epoch)
+            n_explore = 0 if "explore" in done else self.cfg.ideas - self.cfg.exploit_count(epoch)
+            if n_exploit or n_explore:
+                ctx = self.context(epoch)
                 history = self.scored()
                 winners = [s for s in history if s.beats_baseline]
                 parents = winners or sorted((s for s in history if s.metric is not None),
@@ -183,18 +197,20 @@ class Search:
                 with ThreadPoolExecutor(2) as pool:  # both prompts at once
                     f_exploit = pool.submit(self.ideator.exploit, ctx, parents, n_exploit) if n_exploit else None
                     f_explore = pool.submit(self.ideator.explore, ctx, sample, n_explore) if n_explore else None
-                    got_exploit = f_exploit.result() if f_exploit else []
-                    got_explore = f_explore.result() if f_explore else []
-                self._store_ideas(epoch, "exploit", got_exploit, ctx)
-                self._store_ideas(epoch, "explore", got_explore, ctx, last=True)
+                    got_exploit = f_exploit.result() if f_exploit else None
+                    got_explore = f_explore.result() if f_explore else None
+                if got_exploit is not None:
+                    self._store_ideas(epoch, "exploit", got_exploit, ctx, n_exploit)
+                if got_explore is not None:
+                    self._store_ideas(epoch, "explore", got_explore, ctx, n_explore)
         ideas = self.store.ideas(epoch)
         self.emit("ideas", {"epoch": epoch, "count": len(ideas)})
         return ideas
 
-    def _store_ideas(self, epoch: int, kind: str, ideas: list[Idea], ctx: Context, last: bool = False) -> None:
-        """Store what the ideator proposed; `last`: the epoch's ideation is complete (in the same transaction)."""
-        previous = [f"{i['title']} {i['description']}" for i in self.store.ideas()]
-        kept = dedup(ideas, previous)
+    def _store_ideas(self, epoch: int, kind: str, ideas: list[Idea], ctx: Context, asked: int) -> None:
+        if self._dedup is None:  # built once per controller, then kept up to date: never a campaign rescan
+            self._dedup = DedupIndex(f"{i['title']} {i['description']}" for i in self.store.ideas())
+        kept = self._dedup.keep(ideas, add=False)
         if len(kept) < len(ideas):
             self.emit("log", {"message": f"  dropped {len(ideas) - len(kept)} near-duplicate idea(s)"})
         with self.store.tx():
@@ -206,8 +222,9 @@ class Search:
                     origin["hyperparameters"] = idea.hyperparameters
                 self.store.add_idea(epoch, kind, idea.title, idea.description, idea.code_changes,
                                     idea.parents, origin)
-            if last:
-                self.store.set_meta("ideated_through", epoch)
+            self.store.add_ideation(epoch, kind, asked, len(ideas), len(kept), getattr(self.ideator, "name", "?"))
+        for idea in kept:  # indexed as the database holds them, as a resumed controller will index them
+            self._dedup.add(f"{idea.title} {idea.description}")
 
     # -- implementation and trials, pipelined --------------------------------------------------
     def implement_and_run(self, ideas: list[dict]) -> None:
@@ -267,18 +284,20 @@ class Search:
         for impl in self.store.implementations():
             if impl["status"] == "ok":
                 impl_of[impl["idea_id"]] = impl["id"]
+        chosen = self.store.confirm_set()  # chosen once: the leaderboard moves as confirm seeds land
+        if chosen is None:  # a campaign from before the set was stored: its confirm trials name it
+            chosen = sorted({t["implementation_id"] for t in self.store.trials(role="confirm")}) or None
+        if chosen is None:
+            _, rows = leaderboard(self.store, self.spec.goal)
+            chosen = [impl_of[r["idea_id"]] for r in rows if r["stats"] is not None][: self.cfg.confirm_top]
+        idea_of = {impl_id: idea_id for idea_id, impl_id in impl_of.items()}
         with self.store.tx():
-            picked = self.store.get_meta("confirm_ideas")
-            if picked is None:
-                _, rows = leaderboard(self.store, self.spec.goal)
-                picked = [r["idea_id"] for r in rows if r["stats"] is not None][: self.cfg.confirm_top]
-                self.store.set_meta("confirm_ideas", picked)
-            for idea_id in picked:
-                impl_id = impl_of[idea_id]
+            self.store.set_confirm_set(chosen)
+            for impl_id in chosen:
                 have = self.store.count_trials(impl_id)
                 for seed in range(have, self.cfg.confirm_seeds):
                     self.store.add_trial("confirm", seed=seed, budget_s=self.budget_s, implementation_id=impl_id)
-        self.emit("confirm", {"ideas": picked})
+        self.emit("confirm", {"ideas": [idea_of.get(i) for i in chosen]})
         self.drain()
 
 
