@@ -96,6 +96,8 @@ def cache_root() -> Path:
 def prepare_key(spec: EnvSpec) -> str:
     """What the prepared output depends on: the spec and the non-editable files (not train code)."""
     h = hashlib.sha256(spec.spec_path.read_bytes())
+    if spec.profile is not None:  # a profile's variables may change what prepare makes (e.g. miniature data)
+        h.update(f"profile:{sorted(spec.env.items())}\0".encode())
     for cls in ("visible", "hidden"):
         for rel in spec.files[cls]:
             h.update(f"{cls}:{rel}\0".encode())
@@ -124,7 +126,7 @@ def ensure_prepared(spec: EnvSpec, log=print) -> Path | None:
                 (work / rel).parent.mkdir(parents=True, exist_ok=True)
                 (work / rel).symlink_to((spec.root / rel).resolve())
             out.mkdir()
-            env = dict(os.environ, IDEAFORGE_PREPARED=str(out), IDEAFORGE_THREADS=str(spec.cpus))
+            env = dict(os.environ, **spec.env, IDEAFORGE_PREPARED=str(out), IDEAFORGE_THREADS=str(spec.cpus))
             env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
             try:
                 proc = subprocess.run(spec.prepare_command, shell=True, cwd=work, env=env, capture_output=True,

@@ -38,6 +38,7 @@ class Job:
     prepared: str | None = None  # cached [prepare] output, if any
     memory_gb: float | None = None
     role: str = "candidate"
+    env: dict[str, str] = field(default_factory=dict)  # the environment profile's variables
 
     @classmethod
     def load(cls, trial_dir: Path) -> "Job":

@@ -40,6 +40,7 @@ class Campaign:
         with store.tx():
             store.set_meta("env_name", spec.name)
             store.set_meta("env_root", str(spec.root))
+            store.set_meta("env_profile", spec.profile)
             store.set_meta("env_fingerprint", spec.fingerprint())
             store.set_meta("created", time.time())
             store.set_meta("config", config or {})
@@ -52,7 +53,7 @@ class Campaign:
         if env_root is None:
             raise StoreError(f"{root}: the campaign database has no environment recorded")
         # Code comes from the snapshot; the spec is re-read from the environment for its data paths.
-        spec = load_env(env_root)
+        spec = load_env(env_root, profile=store.get_meta("env_profile"))
         return cls(store, spec)
 
     @property
@@ -93,6 +94,7 @@ class Campaign:
             gpus=self.spec.gpus, metric=self.spec.metric, hidden_src=str(self.store.env_dir), hidden=self.hidden,
             data={rel: str((self.spec.root / rel).resolve()) for rel in self.spec.data_paths},
             prepared=str(prepared) if prepared else None, memory_gb=self.spec.memory_gb, role=trial["role"],
+            env=dict(self.spec.env),
         )
         write_job(tdir, job)
         return tdir
