@@ -156,3 +156,39 @@ def test_weights_that_do_not_fit_the_fixed_model_are_invalid(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     res = json.loads((tmp_path / "r.json").read_text())
     assert res["status"] == "invalid" and "do not fit the fixed model" in res["reason"], res
+
+
+# ---------------------------------------------------------------- the idea catalogue
+import tomllib  # noqa: E402
+
+from ideaforge.implement.apply import apply_edits  # noqa: E402
+from ideaforge.implement.edits import parse_reply  # noqa: E402
+
+BASE = (ENV.root / "grpo.py").read_text()
+IDEAS = tomllib.loads((ENV.root / "catalogue" / "ideas.toml").read_text())["idea"]
+
+
+@pytest.mark.parametrize("idea", IDEAS, ids=[i["id"] for i in IDEAS])
+def test_idea_applies_and_the_algorithm_still_runs(idea, tmp_path):
+    edits = parse_reply(idea["edit"])
+    source = apply_edits({"grpo.py": BASE}, edits, ENV).files["grpo.py"]
+    assert source != BASE
+    (tmp_path / "grpo.py").write_text(source)
+    sys.path.insert(0, str(ENV.root))
+    try:
+        spec = importlib.util.spec_from_file_location(f"grpo_idea_{idea['id'].replace('-', '_').replace('.', '_')}", tmp_path / "grpo.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ENV.root))
+    adv = mod.group_advantages(torch.tensor([1.0, 0.0, 0.0, 1.0]), 2)
+    logp = torch.log(torch.full((2, 3), 0.5, requires_grad=True))
+    loss = mod.policy_loss(logp, logp.detach(), adv[:2], torch.tensor([1.0, 0.0]), torch.ones(2, 3))
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_all_grpo_ideas_but_one_lr_compose():
+    chosen = [i for i in IDEAS if i["id"] != "lr-2.5e-5"]
+    edits = [e for i in chosen for e in parse_reply(i["edit"])]
+    compile(apply_edits({"grpo.py": BASE}, edits, ENV).files["grpo.py"], "grpo.py", "exec")

@@ -203,3 +203,80 @@ def test_multi_gpu_trials_launch_torchrun_over_exactly_the_leased_devices(tmp_pa
     for r, seen in enumerate(ranks):
         assert seen == {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "3",
                         "CUDA_VISIBLE_DEVICES": ",".join(lease), "IDEAFORGE_GPUS": "3"}
+
+
+# ---------------------------------------------------------------- the idea catalogue
+import itertools  # noqa: E402
+import tomllib  # noqa: E402
+
+from ideaforge.errors import EditRefused  # noqa: E402
+from ideaforge.ideate.catalogue import load_catalogue  # noqa: E402
+from ideaforge.implement.apply import apply_edits  # noqa: E402
+from ideaforge.implement.edits import parse_reply  # noqa: E402
+
+BASE = (ENV.root / "train.py").read_text()
+IDEAS = tomllib.loads((ENV.root / "catalogue" / "ideas.toml").read_text())["idea"]
+
+
+def apply_ideas(*ideas: dict) -> str:
+    edits = [e for idea in ideas for e in parse_reply(idea["edit"])]
+    return apply_edits({"train.py": BASE}, edits, ENV).files["train.py"]
+
+
+def test_catalogue_loads_for_the_offline_ideator():
+    entries = load_catalogue(ENV)
+    assert {e["id"] for e in entries} >= {"swiglu", "weight-ema", "residual-scalars", "beta2-099"}
+    assert len({e["id"] for e in entries}) == len(entries) == len(IDEAS)
+
+
+@pytest.mark.parametrize("idea", IDEAS, ids=[i["id"] for i in IDEAS])
+def test_idea_applies_and_keeps_the_interface(idea, tmp_path):
+    for e in parse_reply(idea["edit"]):
+        for h in e.hunks:
+            assert BASE.count("\n".join(h.old_lines) + "\n") == 1, (idea["id"], h.old_lines)
+    source = apply_ideas(idea)
+    assert source != BASE
+    (tmp_path / "train.py").write_text(source)
+    mod = _module(tmp_path / "train.py", f"speedrun_idea_{idea['id'].replace('-', '_')}")
+    p = mod.PRESETS["tiny"]
+    config = dict(vocab_size=512, block_size=64, n_layer=p["n_layer"], n_head=p["n_head"], n_embd=p["n_embd"])
+    torch.manual_seed(0)
+    model = mod.build_model(config)
+    model.load_state_dict(model.state_dict())
+    x = torch.randint(512, (2, 32))
+    with torch.no_grad():
+        a = model.eval()(x)
+        y = x.clone()
+        y[:, 8:] = (y[:, 8:] + 1) % 512
+        b = model(y)
+    assert a.shape == (2, 32, 512) and torch.allclose(a[:, :8], b[:, :8], atol=1e-5)
+    opt = mod.make_optimizer(model.train(), "cpu")
+    _, loss = model(x, y)
+    loss.backward()
+    opt.step()
+    assert mod.lr_at(0) > 0
+
+
+def test_pairs_compose():
+    refused = []
+    for a, b in itertools.combinations(IDEAS, 2):
+        try:
+            compile(apply_ideas(a, b), "train.py", "exec")
+        except EditRefused:
+            refused.append((a["id"], b["id"]))
+    assert not refused, refused
+
+
+@pytest.mark.slow
+def test_all_ideas_together_train_and_pass_the_evaluator(tiny_data, tmp_path):
+    ws, out = tmp_path / "ws", tmp_path / "out"
+    ws.mkdir()
+    out.mkdir()
+    (ws / "train.py").write_text(apply_ideas(*IDEAS))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IDEAFORGE_")}
+    env.update(IDEAFORGE_OUT=str(out), IDEAFORGE_PREPARED=str(tiny_data), IDEAFORGE_BUDGET_S="20",
+               SPEEDRUN_PRESET="tiny", OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "train.py"], cwd=ws, env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = _evaluate(ws, out, tiny_data, tmp_path)
+    assert res["status"] == "ok", res
