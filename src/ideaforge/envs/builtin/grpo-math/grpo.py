@@ -52,6 +52,7 @@ NORMALIZE_BY_STD = True  # divide advantages by the group std
 TRAIN_STEPS_PER_ROLLOUT = 1  # passes over each rollout batch
 EVAL_EVERY = 2  # GRPO steps between saved checkpoints (the evaluator scores at most 10)
 TEMPERATURE, TOP_P = 1.0, 1.0  # rollout sampling
+ROLLOUT_CHUNK = 256  # sequences per generate call
 SAVE_RESERVE_S = 0.05  # fraction of the budget kept free at the end for the last save
 
 
@@ -87,10 +88,12 @@ def reward_fn(response: str, answer: str) -> float:
 # ---------------------------------------------------------------- rollouts and loss
 @torch.no_grad()
 def rollout(model, tok, prompts: list[str], max_new_tokens: int, device: str) -> list[str]:
-    enc = tok(prompts, return_tensors="pt", padding=True).to(device)
-    out = model.generate(**enc, do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, max_new_tokens=max_new_tokens,
-                         stop_strings=[STOP], tokenizer=tok, pad_token_id=tok.pad_token_id)
-    texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = []
+    for i in range(0, len(prompts), ROLLOUT_CHUNK):  # bounded KV cache: 256 x 1.3k tokens is ~9 GB for 1.5B
+        enc = tok(prompts[i : i + ROLLOUT_CHUNK], return_tensors="pt", padding=True).to(device)
+        out = model.generate(**enc, do_sample=True, temperature=TEMPERATURE, top_p=TOP_P, max_new_tokens=max_new_tokens,
+                             stop_strings=[STOP], tokenizer=tok, pad_token_id=tok.pad_token_id)
+        texts += tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     return [t.split(STOP)[0] + STOP if STOP in t else t for t in texts]
 
 
