@@ -24,7 +24,7 @@ _IGNORED_PARTS = {"__pycache__", ".git", ".ipynb_checkpoints"}
 
 # section -> {key: (type, required, default)}; unknown keys are errors so typos surface.
 _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool, object]]] = {
-    "env": {"name": (str, True, None), "description": (str, True, None)},
+    "env": {"name": (str, True, None), "description": (str, True, None), "source": (str, False, None)},
     "files": {
         "editable": (list, True, None),
         "visible": (list, False, []),
@@ -217,6 +217,10 @@ def load_env(name_or_path: str | Path, profile: str | None = None) -> EnvSpec:
         raise EnvError(f"{path}: not valid TOML: {e}") from None
     profiles = raw.pop("profile", {})
     vals = _check_schema(path, raw)
+    if vals["env.source"]:  # code from a pinned git repository, merged with this directory (envs/source.py)
+        from ideaforge.envs.source import resolve
+
+        root = resolve(root, vals["env.source"], path)
     profile_env = _apply_profile(path, vals, profiles, profile)
 
     goal = vals["metric.goal"]
