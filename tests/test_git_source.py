@@ -89,3 +89,16 @@ def test_bad_sources_are_explained(upstream, tmp_path, monkeypatch, bad, message
     _write(env, toml, bad.format(repo=repo, first=first))
     with pytest.raises(EnvError, match=re.escape(message)):
         materialize_source(env, log=lambda m: None)
+
+
+def test_prepare_by_name_fetches_the_source_then_prepares(upstream, tmp_path, monkeypatch):
+    from ideaforge.envs.prepare import prepare_by_name
+
+    monkeypatch.setenv("IDEAFORGE_CACHE", str(tmp_path / "cache"))
+    repo, env, toml, first = upstream
+    toml += '\n[prepare]\ncommand = "python -c \\"import os; open(os.environ[\'IDEAFORGE_PREPARED\'] + \'/ok\', \'w\').write(\'1\')\\""\n'
+    _write(env, toml, f"git+{repo}@{first}")
+    logs = []
+    spec, prepared = prepare_by_name(env, log=logs.append)
+    assert (spec.root / MARKER).is_file() and (prepared / "ok").read_text() == "1"
+    assert any("verified" in m for m in logs) and any("preparing" in m for m in logs)

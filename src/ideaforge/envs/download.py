@@ -183,14 +183,3 @@ def _write_sums(directory: Path, sums: dict[str, str]) -> None:
     tmp.write_text("".join(f"{d}  {n}\n" for n, d in sorted(sums.items())))
     os.replace(tmp, directory / SUMS)
 
-
-def prepare_env(spec, log: Progress = print) -> Path | None:
-    """What `ideaforge env prepare ENV [--profile NAME]` runs: the environment's [prepare] step
-    for this profile, once per machine (downloads go to `data_root()`, shared by all profiles
-    and campaigns), its output lines passed to `log` as they come. Returns the prepared dir."""
-    from ideaforge.envs.workspace import ensure_prepared  # workspace imports spec; keep this module light
-
-    if not spec.prepare_command:
-        log(f"{spec.name} has no [prepare] step; nothing to do")
-        return None
-    return ensure_prepared(spec, log=log)
