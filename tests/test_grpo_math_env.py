@@ -125,6 +125,19 @@ def test_prepare_fetches_model_and_data_from_a_fake_source_and_resumes(tmp_path)
     rows = lambda p: [json.loads(x) for x in p.read_text().splitlines()]  # noqa: E731
     assert rows(prepared / "test.jsonl") == [{"problem": "What is $1+1$?", "answer": "2"}, {"problem": "Half of one?", "answer": "\\frac{1}{2}"}]
     assert rows(prepared / "train.jsonl") == [{"problem": "What is $2+3$?", "answer": "5"}]
+    # The smoke command runs edited code on the tiny random model that prepare added, on the CPU.
+    assert (prepared / "tiny-model" / "config.json").is_file()
+    ws, out = tmp_path / "ws", tmp_path / "out"
+    ws.mkdir()
+    out.mkdir()
+    for rel in ENV.editable_files + ENV.visible_files:
+        (ws / rel).write_text((ENV.root / rel).read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IDEAFORGE_", "GRPO_"))}
+    env.update(IDEAFORGE_PREPARED=str(prepared), IDEAFORGE_OUT=str(out), IDEAFORGE_BUDGET_S="15", CUDA_VISIBLE_DEVICES="",
+               OMP_NUM_THREADS="1", PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    r = subprocess.run(["/bin/sh", "-c", ENV.smoke_command], cwd=ws, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert list((out / "ckpt").glob("step_*"))
 
 
 @pytest.mark.slow

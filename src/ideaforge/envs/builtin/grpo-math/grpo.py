@@ -26,12 +26,12 @@ from pathlib import Path
 
 import torch
 
-from model import STOP, format_prompt, load_policy, model_dir
+from model import STOP, format_prompt, load_policy
 
 BUDGET_S = float(os.environ.get("IDEAFORGE_BUDGET_S", 3600))
 SEED = int(os.environ.get("IDEAFORGE_SEED", 0))
 OUT_DIR = Path(os.environ.get("IDEAFORGE_OUT", "out"))
-PREPARED = model_dir().parent
+PREPARED = Path(os.environ.get("IDEAFORGE_PREPARED", "prepared"))
 THREADS = int(os.environ.get("IDEAFORGE_THREADS", 1))
 PRESET = os.environ.get("GRPO_PRESET", "full")
 

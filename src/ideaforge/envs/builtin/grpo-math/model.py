@@ -22,7 +22,8 @@ STOP = "</answer>"  # generation stops after this string (included in the respon
 
 
 def model_dir() -> Path:
-    return Path(os.environ.get("IDEAFORGE_PREPARED", "prepared")) / "model"
+    """The policy's directory; GRPO_MODEL_DIR=tiny-model picks the tiny random model (smoke runs only)."""
+    return Path(os.environ.get("IDEAFORGE_PREPARED", "prepared")) / os.environ.get("GRPO_MODEL_DIR", "model")
 
 
 def format_prompt(question: str) -> str:

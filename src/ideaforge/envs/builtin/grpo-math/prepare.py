@@ -5,7 +5,8 @@ GRPO_DATA chooses what $IDEAFORGE_PREPARED holds:
   math  (default) the policy Qwen/Qwen2.5-Math-1.5B (about 3.1 GB) and MATH: 7,500 training
         problems and the 500 held-out problems (MATH-500), fetched once into
         $IDEAFORGE_CACHE/data/ (resumable, size- and sha256-checked) and linked here as model/,
-        train.jsonl and test.jsonl. Variables (all optional):
+        train.jsonl and test.jsonl (and a tiny random model in tiny-model/, for smoke runs on the
+        CPU). Variables (all optional):
           GRPO_MODEL_URL   base URL of the model files (default the Hugging Face repo)
           GRPO_MODEL_FILES comma-separated files to fetch from it
           GRPO_TRAIN_URL   a .json or .jsonl of training problems
@@ -80,6 +81,7 @@ def prepare_math(out: Path) -> dict:
     train = [p for p in train if p["problem"] not in held]  # never train on a held-out problem
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "test.jsonl", test)
+    build_tiny_model(out / "tiny-model")  # for smoke runs of edited code on the CPU (GRPO_MODEL_DIR=tiny-model)
     return {"data": "math", "model": base, "train": len(train), "test": len(test)}
 
 
@@ -96,7 +98,7 @@ def tiny_problems(rng: random.Random, n: int, seen: set) -> list[dict]:
     return out
 
 
-def prepare_tiny(out: Path) -> dict:
+def build_tiny_model(dest: Path) -> None:
     """A character-level tokenizer and a 2-layer Qwen2 model, randomly initialised (seeded)."""
     import torch
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -111,11 +113,15 @@ def prepare_tiny(out: Path) -> dict:
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", eos_token="<|endoftext|>")
     torch.manual_seed(SEED)
     config = Qwen2Config(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
                          tie_word_embeddings=True, eos_token_id=vocab["<|endoftext|>"], pad_token_id=vocab["<pad>"],
                          bos_token_id=None)
-    Qwen2ForCausalLM(config).save_pretrained(out / "model")
-    tok.save_pretrained(out / "model")
+    Qwen2ForCausalLM(config).save_pretrained(dest)
+    tok.save_pretrained(dest)
+
+
+def prepare_tiny(out: Path) -> dict:
+    build_tiny_model(out / "model")
     rng, seen = random.Random(SEED), set()
     test = tiny_problems(rng, TINY_TEST, seen)
     write_jsonl(out / "test.jsonl", test)
