@@ -6,7 +6,7 @@ shards for the speedrun, the tiny random model and arithmetic problems for GRPO)
 baseline and one catalogue idea, each as a trial run through ideaforge's own campaign, executor
 and hidden evaluator. Prints the metric and the wall time of every stage.
 
-The 8-minute figure is an estimate (speedrun 2 x (75 s + compile-free eval), GRPO 2 x (120 s + eval));
+The 8-minute figure is an estimate (speedrun 2 x (75 s + eval), GRPO 2 x (120 s + eval));
 it has not been measured on a GPU yet. With the real Qwen model cached, one GRPO step of the 1gpu
 preset (256 rollouts of up to 512 tokens with HF generate) can take most of the 120 s budget.
 
