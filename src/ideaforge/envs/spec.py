@@ -24,7 +24,7 @@ _IGNORED_PARTS = {"__pycache__", ".git", ".ipynb_checkpoints"}
 
 # section -> {key: (type, required, default)}; unknown keys are errors so typos surface.
 _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool, object]]] = {
-    "env": {"name": (str, True, None), "description": (str, True, None)},
+    "env": {"name": (str, True, None), "description": (str, True, None), "source": (str, False, None)},
     "files": {
         "editable": (list, True, None),
         "visible": (list, False, []),
@@ -48,6 +48,16 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool, object]]] = {
     "rules": {"text": (list, False, [])},
 }
 _REQUIRED_SECTIONS = ("env", "files", "run", "evaluate", "metric")
+
+# [profile.NAME] key -> the "section.key" it overrides (None: handled apart); see _apply_profile.
+_PROFILE_KEYS: dict[str, str | None] = {
+    "description": None, "env": None,
+    "command": "run.command", "budget_s": "run.budget_s", "timeout_s": "run.timeout_s",
+    "cpus": "resources.cpus", "gpus": "resources.gpus", "memory_gb": "resources.memory_gb",
+}
+# Variables ideaforge sets for every trial; a profile may not override them.
+_RESERVED_ENV = ("IDEAFORGE_", "CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                 "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "PYTHONUNBUFFERED")
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,9 @@ class EnvSpec:
     evaluate_serve: str | None = None  # untrusted model server of a split evaluator (envs/protocol.py)
     rules: tuple[str, ...] = ()
     files: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    profile: str | None = None  # the [profile.NAME] applied, None for the plain spec
+    profiles: tuple[str, ...] = ()  # every profile the spec defines
+    env: dict[str, str] = field(default_factory=dict, compare=False)  # the profile's variables for trials
 
     @property
     def spec_path(self) -> Path:
@@ -131,6 +144,8 @@ class EnvSpec:
         """sha256 over the spec and every editable/visible/hidden file: what a campaign snapshots."""
         h = hashlib.sha256()
         h.update(self.spec_path.read_bytes())
+        if self.profile is not None:  # the same spec under another profile runs differently
+            h.update(f"profile:{self.profile}\0".encode())
         for cls in ("editable", "visible", "hidden"):
             for rel in self.files[cls]:
                 h.update(f"{cls}:{rel}\0".encode())
@@ -192,15 +207,22 @@ def resolve_env_dir(name_or_path: str | Path) -> Path:
     )
 
 
-def load_env(name_or_path: str | Path) -> EnvSpec:
-    """Load and validate an environment; every problem is an EnvError naming file, field and fix."""
+def load_env(name_or_path: str | Path, profile: str | None = None) -> EnvSpec:
+    """Load and validate an environment, with `[profile.<profile>]` applied when one is named;
+    every problem is an EnvError naming file, field and fix."""
     root = resolve_env_dir(name_or_path)
     path = root / SPEC_NAME
     try:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise EnvError(f"{path}: not valid TOML: {e}") from None
+    profiles = raw.pop("profile", {})
     vals = _check_schema(path, raw)
+    if vals["env.source"]:  # code from a pinned git repository, merged with this directory (envs/source.py)
+        from ideaforge.envs.source import resolve
+
+        root = resolve(root, vals["env.source"], path)
+    profile_env = _apply_profile(path, vals, profiles, profile)
 
     goal = vals["metric.goal"]
     if goal not in ("min", "max"):
@@ -278,7 +300,49 @@ def load_env(name_or_path: str | Path) -> EnvSpec:
         prepare_timeout_s=float(vals["prepare.timeout_s"]),
         rules=tuple(rules),
         files=files,
+        profile=profile,
+        profiles=tuple(profiles),
+        env=profile_env,
     )
+
+
+def _apply_profile(path: Path, vals: dict[str, object], profiles: object, name: str | None) -> dict[str, str]:
+    """Check every [profile.*] table; merge the chosen one into `vals`; return its variables.
+
+    A profile that sets budget_s but no timeout_s drops the base timeout, so the default
+    (3x the budget, at least budget + 60 s) applies to its budget.
+    """
+    if not isinstance(profiles, dict):
+        raise EnvError(f"{path}: `profile` must hold tables, e.g. [profile.tiny] followed by budget_s = 20")
+    for pname, table in profiles.items():
+        if not isinstance(table, dict):
+            raise EnvError(f"{path}: profile.{pname} must be a table: write [profile.{pname}] on its own line")
+        for key, v in table.items():
+            if key not in _PROFILE_KEYS:
+                raise EnvError(f"{path}: unknown field {key!r} in [profile.{pname}]; known fields: {', '.join(_PROFILE_KEYS)}")
+            target = _PROFILE_KEYS[key]
+            section, _, field_ = (target or "").partition(".")
+            typ = _SCHEMA[section][field_][0] if target else {"description": str, "env": dict}[key]
+            if isinstance(v, bool) or not isinstance(v, typ):
+                want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
+                raise EnvError(f"{path}: [profile.{pname}] {key} = {v!r} should be a {want}")
+        for var, value in table.get("env", {}).items():
+            if not isinstance(value, str):
+                raise EnvError(f"{path}: [profile.{pname}] env.{var} = {value!r} should be a string; quote it: {var} = \"{value}\"")
+            if var.startswith(_RESERVED_ENV):
+                raise EnvError(f"{path}: [profile.{pname}] env.{var} is set by ideaforge for every trial; use another name")
+    if name is None:
+        return {}
+    if name not in profiles:
+        known = ", ".join(profiles) or "none"
+        raise EnvError(f"{path}: no [profile.{name}] in this environment (profiles: {known}); pick one of those or add the table")
+    table = profiles[name]
+    if "budget_s" in table and "timeout_s" not in table:
+        vals["run.timeout_s"] = None
+    for key, target in _PROFILE_KEYS.items():
+        if target is not None and key in table:
+            vals[target] = table[key]
+    return dict(table.get("env", {}))
 
 
 def _check_schema(path: Path, raw: dict) -> dict[str, object]:

@@ -96,6 +96,8 @@ def cache_root() -> Path:
 def prepare_key(spec: EnvSpec) -> str:
     """What the prepared output depends on: the spec and the non-editable files (not train code)."""
     h = hashlib.sha256(spec.spec_path.read_bytes())
+    if spec.profile is not None:  # a profile's variables may change what prepare makes (e.g. miniature data)
+        h.update(f"profile:{sorted(spec.env.items())}\0".encode())
     for cls in ("visible", "hidden"):
         for rel in spec.files[cls]:
             h.update(f"{cls}:{rel}\0".encode())
@@ -124,21 +126,51 @@ def ensure_prepared(spec: EnvSpec, log=print) -> Path | None:
                 (work / rel).parent.mkdir(parents=True, exist_ok=True)
                 (work / rel).symlink_to((spec.root / rel).resolve())
             out.mkdir()
-            env = dict(os.environ, IDEAFORGE_PREPARED=str(out), IDEAFORGE_THREADS=str(spec.cpus))
+            env = dict(os.environ, **spec.env, IDEAFORGE_PREPARED=str(out), IDEAFORGE_THREADS=str(spec.cpus))
             env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-            try:
-                proc = subprocess.run(spec.prepare_command, shell=True, cwd=work, env=env, capture_output=True,
-                                      text=True, timeout=spec.prepare_timeout_s, start_new_session=True)
-            except subprocess.TimeoutExpired:
-                raise EnvError(f"{spec.name}: prepare step `{spec.prepare_command}` exceeded {spec.prepare_timeout_s:.0f} s") from None
-            if proc.returncode != 0:
-                tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-20:])
-                raise EnvError(f"{spec.name}: prepare step `{spec.prepare_command}` exited {proc.returncode}:\n{tail}")
+            rc, lines = _run_logged(spec.prepare_command, work, env, spec.prepare_timeout_s, log)
+            if rc is None:
+                raise EnvError(f"{spec.name}: prepare step `{spec.prepare_command}` exceeded {spec.prepare_timeout_s:.0f} s")
+            if rc != 0:
+                tail = "\n".join(lines[-20:])
+                raise EnvError(f"{spec.name}: prepare step `{spec.prepare_command}` exited {rc}:\n{tail}")
             (out / ".complete").write_text("ok\n")
             if final.exists():
                 shutil.rmtree(final)
             out.rename(final)
     return final
+
+
+def _run_logged(cmd: str, cwd: Path, env: dict[str, str], timeout_s: float, log) -> tuple[int | None, list[str]]:
+    """Run a prepare command, passing each output line to `log` as it comes (downloads show progress).
+
+    Returns (exit code, or None when killed at the timeout with its process group; all lines).
+    """
+    import signal
+    import threading
+
+    proc = subprocess.Popen(cmd, shell=True, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+    expired = threading.Event()
+
+    def kill() -> None:
+        expired.set()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    timer = threading.Timer(timeout_s, kill)
+    timer.start()
+    lines: list[str] = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            log(f"  {lines[-1]}")
+        rc = proc.wait()
+    finally:
+        timer.cancel()
+    return (None if expired.is_set() else rc), lines
 
 
 def render_codebase(spec: EnvSpec, files: dict[str, str]) -> str:

@@ -27,6 +27,7 @@ class Job:
     memory_gb: float | None = None
     role: str = "candidate"
     evaluate_serve: str | None = None  # split evaluator: the untrusted model server's command (envs/protocol.py)
+    env: dict[str, str] = field(default_factory=dict)  # the environment profile's variables
 
     @classmethod
     def load(cls, trial_dir: Path) -> "Job":

@@ -35,7 +35,8 @@ def run_smoke(spec: EnvSpec, source: Path, changes: dict[str, str | None], prepa
         job = Job(trial_id=0, run_command=command, evaluate_command="", budget_s=spec.smoke_budget_s,
                   timeout_s=spec.smoke_timeout_s, evaluate_timeout_s=0, seed=0, cpus=spec.cpus, gpus=0,
                   metric=spec.metric, hidden_src="", prepared=str(prepared) if prepared else None,
-                  data={rel: str((spec.root / rel).resolve()) for rel in spec.data_paths}, role="smoke")
+                  data={rel: str((spec.root / rel).resolve()) for rel in spec.data_paths}, role="smoke",
+                  env=dict(spec.env))
         env = trial_environ(job, tdir, [])
         rc, timed_out, secs = run_group(command, tdir / "work", env, spec.smoke_timeout_s, tdir / "smoke", spec.memory_gb)
         log = tail(tdir / "smoke.err", 30) or tail(tdir / "smoke.out", 30)

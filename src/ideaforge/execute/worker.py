@@ -75,6 +75,7 @@ def trial_environ(job: Job, trial_dir: Path, gpu_ids: list[str]) -> dict[str, st
         env["IDEAFORGE_DATA"] = next(iter(job.data.values()))
     if job.prepared:
         env["IDEAFORGE_PREPARED"] = job.prepared
+    env.update(job.env)  # the profile's variables; spec.py refuses IDEAFORGE_* and the ones set above
     return env
 
 

@@ -54,6 +54,7 @@ class Campaign:
             with store.tx():
                 store.set_meta("env_name", spec.name)
                 store.set_meta("env_root", str(spec.root))
+                store.set_meta("env_profile", spec.profile)
                 store.set_meta("env_fingerprint", spec.fingerprint())
                 store.set_meta("created", time.time())
                 store.set_meta("config", config or {})
@@ -78,7 +79,7 @@ class Campaign:
         if env_root is None:
             raise StoreError(f"{root}: the campaign database has no environment recorded")
         # Code comes from the snapshot; the spec is re-read from the environment for its data paths.
-        spec = load_env(env_root)
+        spec = load_env(env_root, profile=store.get_meta("env_profile"))
         if not store.env_facts():  # made before the facts were stored
             store.set_env_facts(env_facts(spec))
         return cls(store, spec)
@@ -152,6 +153,7 @@ class Campaign:
             data={rel: str((self.spec.root / rel).resolve()) for rel in self.spec.data_paths},
             prepared=str(prepared) if prepared else None, memory_gb=self.spec.memory_gb, role=trial["role"],
             evaluate_serve=self.spec.evaluate_serve,
+            env=dict(self.spec.env),
         )
         write_job(tdir, job)
         return tdir
