@@ -27,8 +27,8 @@ from ideaforge.envs import load_env
 from ideaforge.envs.download import data_root, read_sums
 from ideaforge.execute.local import LocalExecutor
 from ideaforge.ideate.catalogue import load_catalogue
-from ideaforge.implement.apply import apply_edits
-from ideaforge.implement.edits import parse_reply
+from ideaforge.edit.apply import apply_edits
+from ideaforge.edit.parse import parse_reply
 from ideaforge.search.campaign import Campaign, TrialRunner
 
 IDEA = {"nanogpt-speedrun": "weight-ema", "grpo-math": "reinforce-baseline-lr3e-5"}

@@ -174,8 +174,8 @@ def test_weights_that_do_not_fit_the_fixed_model_are_invalid(tmp_path):
 # ---------------------------------------------------------------- the idea catalogue
 import tomllib  # noqa: E402
 
-from ideaforge.implement.apply import apply_edits  # noqa: E402
-from ideaforge.implement.edits import parse_reply  # noqa: E402
+from ideaforge.edit.apply import apply_edits  # noqa: E402
+from ideaforge.edit.parse import parse_reply  # noqa: E402
 
 BASE = (ENV.root / "grpo.py").read_text()
 IDEAS = tomllib.loads((ENV.root / "catalogue" / "ideas.toml").read_text())["idea"]

@@ -211,8 +211,8 @@ import tomllib  # noqa: E402
 
 from ideaforge.errors import EditRefused  # noqa: E402
 from ideaforge.ideate.catalogue import load_catalogue  # noqa: E402
-from ideaforge.implement.apply import apply_edits  # noqa: E402
-from ideaforge.implement.edits import parse_reply  # noqa: E402
+from ideaforge.edit.apply import apply_edits  # noqa: E402
+from ideaforge.edit.parse import parse_reply  # noqa: E402
 
 BASE = (ENV.root / "train.py").read_text()
 IDEAS = tomllib.loads((ENV.root / "catalogue" / "ideas.toml").read_text())["idea"]
