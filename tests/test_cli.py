@@ -234,3 +234,19 @@ def test_tracker_counts_and_eta(tmp_path):
     assert lines[0].endswith("trial 1 (baseline, seed 0): score = 1.0000 (train 9.0 s, eval 1.0 s)")
     assert "[1/4 trials done, 0 running, 3 queued" in lines[1]
     assert tr.durations and tr.eta_s() < 4 * per / 2  # the finished trial took far less than the budget
+
+
+def test_profile_option_and_env_prepare(tmp_path):
+    """--profile reaches load_env (an unknown one is refused, naming the ones there are); `env prepare`
+    of an environment without a [prepare] step says so and succeeds."""
+    r = subprocess.run([sys.executable, "-m", "ideaforge.cli", "env", "show", "nanogpt-speedrun", "--profile", "tiny"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "profiles:  1gpu, tiny   (this view: tiny)" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "ideaforge.cli", "env", "show", "nanogpt-speedrun", "--profile", "huge"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "huge" in r.stdout + r.stderr
+    env = make_toy_env(tmp_path / "env")
+    r = subprocess.run([sys.executable, "-m", "ideaforge.cli", "env", "prepare", str(env)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "nothing to prepare" in r.stdout, r.stdout + r.stderr

@@ -83,6 +83,9 @@ CAMPAIGN_DIR_HELP = "a campaign directory (made by `ideaforge run`, `baseline` o
 BUDGET_HELP = "seconds of training per trial (> 0) [default: the environment's budget_s, 60 s for the built-ins]"
 
 # -- the executor options every command that runs trials takes --------------------------------
+ProfileOpt = Annotated[Optional[str], typer.Option(
+    "--profile", metavar="NAME", help="an environment profile ([profile.NAME] in its ideaforge.toml: the same code at "
+    "another scale, e.g. tiny on a CPU, 1gpu) [default: none; on resume, the campaign's]")]
 SlotsOpt = Annotated[Optional[int], typer.Option(
     "--slots", callback=bound(1), help="trials at once (>= 1) [default: CPU cores ÷ the environment's cpus, "
     "or lent GPUs ÷ its gpus; on Ray, cluster CPUs ÷ cpus]")]

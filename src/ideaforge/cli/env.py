@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ideaforge.cli.common import (
-    ENV_HELP, ExecutorChoice, ExecutorOpt, GpusOpt, RayAddressOpt, SlotsOpt, bound, env_app, make_executor, say,
+    ENV_HELP, ExecutorChoice, ExecutorOpt, GpusOpt, ProfileOpt, RayAddressOpt, SlotsOpt, bound, env_app, make_executor, say,
 )
 from ideaforge.envs.spec import builtin_names, load_env
 from ideaforge.envs.workspace import read_files
@@ -29,9 +29,9 @@ def env_list() -> int:
 
 
 @env_app.command("show")
-def env_show(env: Annotated[str, typer.Argument(metavar="ENV", help=ENV_HELP)]) -> int:
+def env_show(env: Annotated[str, typer.Argument(metavar="ENV", help=ENV_HELP)], profile: ProfileOpt = None) -> int:
     """What a model will see of an environment, and what it will not."""
-    spec = load_env(env)
+    spec = load_env(env, profile=profile)
     say(f"{spec.name}  ({spec.root})")
     say(spec.description)
     say()
@@ -43,6 +43,8 @@ def env_show(env: Annotated[str, typer.Argument(metavar="ENV", help=ENV_HELP)]) 
     if spec.prepare_command:
         say(f"prepare:   {spec.prepare_command}   (once per machine, cached)")
     say(f"resources: {spec.cpus} cpu, {spec.gpus} gpu per trial")
+    if spec.profiles:
+        say(f"profiles:  {', '.join(sorted(spec.profiles))}" + (f"   (this view: {spec.profile})" if spec.profile else ""))
     say()
     texts = read_files(spec)
     say("shown to the models:")
@@ -62,6 +64,17 @@ def env_show(env: Annotated[str, typer.Argument(metavar="ENV", help=ENV_HELP)]) 
     return 0
 
 
+@env_app.command("prepare")
+def env_prepare(env: Annotated[str, typer.Argument(metavar="ENV", help=ENV_HELP)], profile: ProfileOpt = None) -> int:
+    """Fetch what an environment needs once per machine (its pinned source, data, weights), with
+    progress, resume and checksums, into $IDEAFORGE_CACHE (default ~/.cache/ideaforge)."""
+    from ideaforge.envs.prepare import prepare_by_name
+
+    spec, prepared = prepare_by_name(env, profile=profile, log=say)
+    say(f"ok: {spec.name} prepared" + (f" in {prepared}" if prepared else " (nothing to prepare)"))
+    return 0
+
+
 @env_app.command("check")
 def env_check(
     env: Annotated[str, typer.Argument(metavar="ENV", help=ENV_HELP)],
@@ -70,14 +83,14 @@ def env_check(
     dir: Annotated[Optional[Path], typer.Option("--dir", help="keep the check's campaign here [default: a "
                                                 "temporary directory, removed afterwards]")] = None,
     keep: Annotated[bool, typer.Option(help="keep the temporary campaign directory")] = False,
-    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
+    profile: ProfileOpt = None, slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
 ) -> int:
     """Validate an environment and run its baseline once."""
     from ideaforge.cli.run import run_trials
     from ideaforge.search.campaign import Campaign
 
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
-    spec = load_env(env)
+    spec = load_env(env, profile=profile)
     budget_s = budget or min(spec.budget_s, CHECK_BUDGET_S)
     say(f"{spec.name}: spec valid ({len(spec.editable_files)} editable, {len(spec.visible_files)} visible, "
         f"{len(spec.hidden_files)} hidden files, {len(spec.data_paths)} data paths)")

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ideaforge.cli.common import (
-    BUDGET_HELP, DIR_HELP, ENV_HELP, ExecutorChoice, ExecutorOpt, GpusOpt, RayAddressOpt, SlotsOpt, app, bound,
+    BUDGET_HELP, DIR_HELP, ENV_HELP, ExecutorChoice, ExecutorOpt, GpusOpt, ProfileOpt, RayAddressOpt, SlotsOpt, app, bound,
     default_dir, make_executor, say,
 )
 from ideaforge.cli.run import D, run_trials
@@ -36,14 +36,14 @@ def implement(
     budget: Annotated[Optional[float], typer.Option(callback=bound(0, open_=True, unit="seconds"),
                                                     help=BUDGET_HELP + "; with --run")] = None,
     dir: Annotated[Optional[Path], typer.Option("--dir", help=DIR_HELP.format(kind="implement"))] = None,
-    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
+    profile: ProfileOpt = None, slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
 ) -> int:
     """Implement one idea as a checked edit: print the diff and what it took (model calls, tokens, dollars)."""
     from ideaforge.llm.choose import DEFAULT_MODEL, check_reachable
     from ideaforge.search.assemble import implement_one
 
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
-    spec = load_env(env)
+    spec = load_env(env, profile=profile)
     model = model or os.environ.get("IDEAFORGE_MODEL") or DEFAULT_MODEL
     check_reachable(model)  # the key, then the server: before any work starts
     if idea.startswith("@"):

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from ideaforge.cli.common import (
-    BUDGET_HELP, DIR_HELP, ENV_HELP, ExecutorChoice, ExecutorOpt, GpusOpt, RayAddressOpt, SlotsOpt,
+    BUDGET_HELP, DIR_HELP, ENV_HELP, ExecutorChoice, ExecutorOpt, GpusOpt, ProfileOpt, RayAddressOpt, SlotsOpt,
     Mode, app, bound, default_dir, fail, fmt_duration, make_executor, minutes_to_seconds, say,
 )
 from ideaforge.cli.progress import progress
@@ -111,14 +111,14 @@ def run(
                              "after this many CPU-hours of trials (trial hours x env cpus) [default: no limit]")] = None,
     max_gpu_hours: Annotated[Optional[float], typer.Option(callback=bound(0, open_=True, unit="GPU-hours"), help="stop "
                              "after this many GPU-hours of trials (trial hours x env gpus) [default: no limit]")] = None,
-    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
+    profile: ProfileOpt = None, slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
 ) -> int:
     """Run a research campaign: ideas -> edits -> trials -> search, in a new campaign directory."""
     from ideaforge.llm.choose import choose_model
 
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
     mode = Mode(mode).value
-    spec = load_env(env)
+    spec = load_env(env, profile=profile)
     chosen = choose_model(model, offline)
     _check_model(chosen)
     cfg = SearchConfig(mode=mode, epochs=epochs, ideas=ideas, budget_s=budget, baseline_seeds=baseline_seeds,
@@ -178,7 +178,7 @@ def baseline(
     budget: Annotated[Optional[float], typer.Option(callback=bound(0, open_=True, unit="seconds"), help=BUDGET_HELP)] = None,
     dir: Annotated[Optional[Path], typer.Option("--dir", help=DIR_HELP.format(kind="baseline"))] = None,
     resume: Annotated[Optional[Path], typer.Option(metavar="DIR", help="finish an interrupted baseline campaign")] = None,
-    slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
+    profile: ProfileOpt = None, slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
 ) -> int:
     """Measure the baseline over several seeds: the noise floor (mean ± std) ideas must beat."""
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
@@ -188,7 +188,7 @@ def baseline(
         campaign = Campaign.open(resume)
         spec = campaign.spec
     else:
-        spec = load_env(env)
+        spec = load_env(env, profile=profile)
         budget_s = budget or spec.budget_s
         campaign = Campaign.create(dir or default_dir("baseline", spec.name), spec,
                                    {"command": "baseline", "seeds": seeds, "budget_s": budget_s},
