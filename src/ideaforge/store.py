@@ -117,7 +117,7 @@ MIGRATIONS: list[str] = [
         idea_id INTEGER REFERENCES ideas(id),
         implementation_id INTEGER REFERENCES implementations(id),
         trial_id INTEGER REFERENCES trials(id),
-        reward REAL,                     -- from the trial alone (metric, 1/loss, improvement; failure value)
+        reward REAL,                     -- from the trial alone (metric, 1/loss or improvement, or the failure value)
         shaped REAL,                     -- reward plus length / diversity / novelty terms
         advantage REAL,
         UNIQUE (step, idx)

@@ -268,14 +268,15 @@ def make_executor(kind: str, slots: int | None, spec, ray_address: str | None = 
     return LocalExecutor(slots=slots or 1)
 
 
-def run_rl(env: str | None, ideator: str | None, steps: int = 4, group: int = 8, implementer: str | None = None,
+def run_rl(env: str | None, ideator: str | None, steps: int | None = None, group: int = 8, implementer: str | None = None,
            reward: str = "auto", dir: str | Path | None = None, resume: bool = False, *, executor: str = "local",
            slots: int | None = None, ray_address: str | None = None, on_event: Emit | None = None,
            smoke=None, policy_loader=None, **options) -> Path:
     """Run (or, with resume=True, continue) an RL campaign in `dir`; returns the campaign directory.
 
     `options` are further RLConfig fields (budget_s, advantage, novelty_weight, ...). On resume
-    the campaign's recorded settings are used; `steps` may raise the number of steps."""
+    the campaign's recorded settings are used; `steps` (default: 4 for a new run, the
+    recorded number on resume) may raise the number of steps."""
     from ideaforge.envs.spec import load_env
     from ideaforge.errors import ConfigError
     if dir is None:
@@ -286,12 +287,12 @@ def run_rl(env: str | None, ideator: str | None, steps: int = 4, group: int = 8,
         if meta.get("command") != "rl":
             raise ConfigError(f"{dir} holds a `{meta.get('command', 'run')}` campaign, not an RL run")
         cfg = RLConfig.from_dict(meta["rl"])
-        cfg.steps = max(cfg.steps, steps)
+        cfg.steps = max(cfg.steps, steps or 0)
         ideator = meta["ideator"]
     else:
         if env is None or ideator is None:
             raise ConfigError("a new RL run needs ENV and --ideator")
-        cfg = RLConfig(steps=steps, group=group, implementer=implementer, reward=reward, **options).check()
+        cfg = RLConfig(steps=steps or 4, group=group, implementer=implementer, reward=reward, **options).check()
         spec = load_env(env)
         campaign = Campaign.create(dir, spec, {"command": "rl", "rl": cfg.to_dict(), "ideator": ideator})
     ex = make_executor(executor, slots, campaign.spec, ray_address)
