@@ -59,6 +59,7 @@ def rl_command(
     max_new_tokens: Annotated[int, _opt("Tokens sampled per rollout at most (the reference: 8192).", "--max-new-tokens", min=1)] = 256,
     temperature: Annotated[float, _opt("Sampling temperature.", "--temperature", min=0.01)] = 1.0,
     gen_batch: Annotated[int, _opt("Rollouts sampled per generate call (memory vs. speed).", "--gen-batch", min=1)] = 8,
+    response_prefix: Annotated[str, _opt("Start of every answer, given rather than sampled (e.g. '[Idea]' keeps a small model in the format); empty = none.", "--response-prefix")] = "",
     vllm: Annotated[bool, _opt("Sample with vLLM (GPU, must be installed) instead of HF generate.", "--vllm/--no-vllm")] = False,
     advantage: Annotated[Advantage, _opt("Group advantage: grpo ((r-mean)/std), mean (r-mean), best_of_k (credit for the best of k), top_quantile (risk-seeking: only the top of the group).", "--advantage")] = Advantage.grpo,
     k: Annotated[int, _opt("best_of_k: the subset size k.", "--k", min=1)] = 4,
@@ -68,6 +69,7 @@ def rl_command(
     lora_r: Annotated[int, _opt("LoRA rank (adapter matrices are d x r).", "--lora-r", min=1)] = 16,
     lora_alpha: Annotated[int, _opt("LoRA alpha (scale = alpha / r).", "--lora-alpha", min=1)] = 32,
     micro_batch: Annotated[int, _opt("Rollouts per forward/backward pass in the update (gradients accumulate over the group).", "--micro-batch", min=1)] = 4,
+    frozen: Annotated[bool, _opt("The control arm: sample and score every step with the ideator as it is, never update it (compare a run against this at equal samples).", "--frozen/--train")] = False,
     length_weight: Annotated[float, _opt("Length reward (reference A.1b): + weight x tokens / max-new-tokens (reward units).", "--length-weight", min=0.0)] = 0.0,
     length_cap: Annotated[float, _opt("Cap of the length reward (reward units; the reference: 0.3).", "--length-cap", min=0.0)] = 0.3,
     diversity_weight: Annotated[float, _opt("Diversity penalty (reference A.1c): - weight x max token-Jaccard to the previous step's ideas.", "--diversity-weight", min=0.0)] = 0.0,
@@ -86,9 +88,9 @@ def rl_command(
     from ideaforge.store import Store
 
     options = dict(failure_reward=failure_reward, budget_s=budget, baseline_seeds=baseline_seeds,
-                   max_new_tokens=max_new_tokens, temperature=temperature, gen_batch=gen_batch, use_vllm=vllm,
+                   max_new_tokens=max_new_tokens, temperature=temperature, gen_batch=gen_batch, use_vllm=vllm, response_prefix=response_prefix,
                    advantage=advantage.value, k=k, quantile=quantile, aggregation=aggregation.value, lr=lr,
-                   lora_r=lora_r, lora_alpha=lora_alpha, micro_batch=micro_batch, length_weight=length_weight,
+                   lora_r=lora_r, lora_alpha=lora_alpha, micro_batch=micro_batch, frozen=frozen, length_weight=length_weight,
                    length_cap=length_cap, diversity_weight=diversity_weight, novelty_weight=novelty_weight,
                    novelty=novelty, dynamic_prompt=dynamic_prompt, prompt_style=prompt_style, seed=seed)
     try:
@@ -115,6 +117,8 @@ def print_event(kind: str, info: dict) -> None:
         line = f"  trial {info['trial']}: {info.get('outcome')} {info.get('metric')}"
     elif kind == "rl_scored":
         line = f"  rewards: mean {info['mean']:.4g}  max {info['max']:.4g}"
+    elif kind == "rl_updated" and info.get("frozen"):
+        line = "  frozen: no update"
     elif kind == "rl_updated":
         line = f"  update: loss {info['loss']:.4g}  grad norm {info['grad_norm']:.3g}  adapter saved"
     else:

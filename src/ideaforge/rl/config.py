@@ -26,6 +26,7 @@ class RLConfig:
     max_new_tokens: int = 256      # tokens per rollout (the reference: 8,192)
     temperature: float = 1.0
     gen_batch: int = 8             # rollouts generated per `generate` call
+    response_prefix: str = ""      # the answer's start, given not sampled (e.g. "[Idea]" for a small model)
     use_vllm: bool = False         # vLLM for sampling when installed (GPU); HF generate otherwise
     # -- reward ---------------------------------------------------------------------------
     reward: str = "auto"           # auto (raw if higher is better, else inverse) | raw | inverse | improvement
@@ -45,6 +46,7 @@ class RLConfig:
     lora_r: int = 16
     lora_alpha: int = 32
     micro_batch: int = 4           # rollouts per forward/backward (gradient accumulated over the group)
+    frozen: bool = False           # the control arm: sample and score every step, never update the policy
 
     def check(self) -> "RLConfig":
         if self.reward not in REWARDS:

@@ -104,6 +104,8 @@ class RLRun:
     # -- stage 1: generation --------------------------------------------------------------------
     def policy_for(self, step: int):
         """The policy that samples step `step` (and is updated by it): the adapter of step-1."""
+        if self._policy is not None and self.cfg.frozen:
+            return self._policy
         if self._policy is None or self._policy_step != step - 1:
             prev = R.step_row(self.store, step - 1) if step > 0 else None
             adapter = prev["adapter"] if prev else None
@@ -119,9 +121,9 @@ class RLRun:
             policy = self.policy_for(step)
             t0 = time.monotonic()
             outs = policy.sample(prompt, n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                 seed=cfg.seed * 1_000_003 + step * 1000 + have)
+                                 seed=cfg.seed * 1_000_003 + step * 1000 + have, prefix=cfg.response_prefix)
             per = (time.monotonic() - t0) / max(1, n)
-            n_in = len(policy.encode_prompt(prompt))
+            n_in = len(policy.encode_prompt(prompt, cfg.response_prefix))
             with self.store.tx():  # a batch's calls and rollouts together: none or all survive a kill
                 for k, o in enumerate(outs):
                     call = self.store.add_llm_call(CallRecord(
@@ -238,10 +240,14 @@ class RLRun:
 
     # -- stage 3: the update ------------------------------------------------------------------------
     def update(self, step: int, prompt: str) -> None:
+        if self.cfg.frozen:  # the control arm: the base ideator samples every step
+            R.set_stage(self.store, step, "done", stats={"frozen": True})
+            self.emit("rl_updated", {"step": step, "frozen": True})
+            return
         policy = self.policy_for(step)
         rows = R.rollouts(self.store, step)
         t0 = time.monotonic()
-        stats = policy.update(policy.encode_prompt(prompt), [r["token_ids"] for r in rows],
+        stats = policy.update(policy.encode_prompt(prompt, self.cfg.response_prefix), [r["token_ids"] for r in rows],
                               [r["advantage"] or 0.0 for r in rows], self.cfg.aggregation, self.cfg.micro_batch)
         dest = self.store.root / "rl" / "adapters" / f"step-{step:04d}"
         policy.save(dest)

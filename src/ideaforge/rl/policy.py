@@ -90,17 +90,23 @@ class Policy:
         (dest / IDEATOR_FILE).write_text(json.dumps({"base": self.base}))
 
     # -- sampling ------------------------------------------------------------------------------
-    def encode_prompt(self, prompt: str) -> list[int]:
+    def encode_prompt(self, prompt: str, prefix: str = "") -> list[int]:
+        """The prompt as the model sees it (its chat template, if any), then `prefix`: the start of
+        the answer, given rather than sampled (e.g. "[Idea]" so a small model keeps the format)."""
         if getattr(self.tok, "chat_template", None):
             ids = self.tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                                tokenize=True, return_dict=True)["input_ids"]
         else:
             ids = self.tok(prompt)["input_ids"]
+        if prefix:
+            ids = list(ids) + self.tok(prefix, add_special_tokens=False)["input_ids"]
         return list(ids)
 
-    def sample(self, prompt: str, n: int, *, max_new_tokens: int, temperature: float, seed: int) -> list[Rollout]:
+    def sample(self, prompt: str, n: int, *, max_new_tokens: int, temperature: float, seed: int,
+               prefix: str = "") -> list[Rollout]:
+        """n completions; each text starts with `prefix` (token_ids are the sampled part only)."""
         torch = self.torch
-        ids = torch.tensor([self.encode_prompt(prompt)])
+        ids = torch.tensor([self.encode_prompt(prompt, prefix)])
         torch.manual_seed(seed)
         self.model.eval()
         with torch.no_grad():
@@ -110,7 +116,7 @@ class Policy:
         rollouts = []
         for row in out[:, ids.shape[1]:].tolist():
             row = _strip_pad(row, self.tok.eos_token_id, self._pad_id())
-            text = self.tok.decode(row, skip_special_tokens=True)
+            text = prefix + self.tok.decode(row, skip_special_tokens=True)
             rollouts.append(Rollout(text, row, self._thinking_tokens(text)))
         return rollouts
 

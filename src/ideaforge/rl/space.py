@@ -30,6 +30,8 @@ FORMAT = """Answer with exactly one idea in this format:
 [End]"""
 
 _ARROW = re.compile(r"([A-Za-z_][\w.\[\]]*)\s*:?\s*-?[0-9][0-9_.eE+-]*\s*->\s*")  # "LR: 0.1 -> 0.2" means LR = 0.2
+NEAR = 25  # characters between a setting's name and the number meant for it, at most
+_NUMBER = r"-?[0-9][0-9_]*\.?[0-9]*(?:[eE][-+]?[0-9]+)?"
 _ASSIGN = re.compile(r"(?<![\w.])([A-Za-z_][\w.\[\]]*)\s*(?:=|:|->|to)\s*(-?[0-9][0-9_]*\.?[0-9]*(?:[eE][-+]?[0-9]+)?)")
 
 
@@ -66,6 +68,11 @@ class ActionSpace:
             out += ["", "Known ideas you can use (name them by title):"]
             out += [f"- {e['title']}: {e['description'].splitlines()[0][:160]}" for e in self.catalogue]
         out += ["", FORMAT]
+        if self.settings:  # a concrete answer: small models follow an example far better than a schema
+            s = self.settings[0]
+            v = format_like(s.value * 2 if s.value else 1, s.literal)
+            out += ["", "For example:", f"[Idea] Change {s.name}", "[Description] Try another value of "
+                    f"{s.name}.", "[Hyperparameters]", f"{s.name} = {v}", "[End]"]
         return "\n".join(out)
 
     # -- realising an idea offline ----------------------------------------------------------
@@ -97,11 +104,16 @@ class ActionSpace:
         return Realised(B.render(merged), None, names)
 
     def _assignments(self, idea: Idea) -> list[tuple[str, str]]:
-        """NAME = value pairs: the [Hyperparameters] block first, then the idea's text."""
+        """NAME = value pairs: the [Hyperparameters] block first, then the idea's text, where a
+        setting's name followed closely by a number ("set LR to 0.2", "LR (0.2)") counts too."""
         out = list(idea.hyperparameters.items())
         for field in (idea.title, idea.description, idea.code_changes):
             text = _ARROW.sub(lambda m: m.group(1) + " = ", field or "")
             out += [(m.group(1), m.group(2)) for m in _ASSIGN.finditer(text)]
+            for s in self.settings:
+                m = re.search(rf"(?<![\w.]){re.escape(s.name)}(?![\w\[])[^0-9\n]{{0,{NEAR}}}?({_NUMBER})", text)
+                if m:
+                    out.append((s.name, m.group(1)))
         return out
 
     def describe_setting_values(self) -> dict[str, str]:
