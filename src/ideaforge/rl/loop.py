@@ -120,8 +120,16 @@ class RLRun:
             n = min(cfg.gen_batch, cfg.group - have)
             policy = self.policy_for(step)
             t0 = time.monotonic()
-            outs = policy.sample(prompt, n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                                 seed=cfg.seed * 1_000_003 + step * 1000 + have, prefix=cfg.response_prefix)
+            seed = cfg.seed * 1_000_003 + step * 1000 + have
+            if cfg.use_vllm:
+                prev = R.step_row(self.store, step - 1) if step > 0 and not cfg.frozen else None
+                outs = self._vllm_sampler(policy).sample(
+                    policy.encode_prompt(prompt, cfg.response_prefix), n, max_new_tokens=cfg.max_new_tokens,
+                    temperature=cfg.temperature, seed=seed, adapter=prev["adapter"] if prev else None,
+                    prefix=cfg.response_prefix)
+            else:
+                outs = policy.sample(prompt, n, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                     seed=seed, prefix=cfg.response_prefix)
             per = (time.monotonic() - t0) / max(1, n)
             n_in = len(policy.encode_prompt(prompt, cfg.response_prefix))
             with self.store.tx():  # a batch's calls and rollouts together: none or all survive a kill
@@ -133,6 +141,12 @@ class RLRun:
                     R.add_rollout(self.store, step, have + k, call, o.text, o.token_ids, o.thinking_tokens)
             have += n
             self.emit("rl_generated", {"step": step, "rollouts": have, "group": cfg.group})
+
+    def _vllm_sampler(self, policy):
+        if getattr(self, "_vllm", None) is None:
+            from ideaforge.rl.policy import VLLMSampler
+            self._vllm = VLLMSampler(policy.base, self.cfg.lora_r)
+        return self._vllm
 
     # -- stage 2: execution ---------------------------------------------------------------------
     def execute(self, step: int) -> None:

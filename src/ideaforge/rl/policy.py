@@ -219,3 +219,41 @@ def _strip_pad(row: list[int], eos: int | None, pad: int | None) -> list[int]:
     while row and pad is not None and row[-1] == pad and pad != eos:
         row = row[:-1]
     return row
+
+
+class VLLMSampler:
+    """Rollouts from vLLM (GPU) with the previous step's adapter applied per request.
+
+    The trainer stays the HF/PEFT `Policy` (updates, saving); vLLM only samples, loading
+    each saved adapter by path, so no weights are synchronised in memory. vLLM does not
+    install on the CPU machines this is developed on: this path is not run by the tests.
+    """
+
+    def __init__(self, base: str, lora_r: int, gpu_memory_utilization: float = 0.3):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise ConfigError("--vllm needs vLLM (pip install vllm, on a GPU machine); without it HF generate samples") from None
+        if base.endswith(".gguf"):
+            raise ConfigError("--vllm needs a transformers model directory as the ideator, not a .gguf file")
+        self.llm = LLM(model=base, enable_lora=True, max_lora_rank=max(8, lora_r),
+                       gpu_memory_utilization=gpu_memory_utilization)
+
+    def sample(self, prompt_ids: list[int], n: int, *, max_new_tokens: int, temperature: float, seed: int,
+               adapter: str | None, prefix: str = "") -> list[Rollout]:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.lora.request import LoRARequest
+        lora = None
+        if adapter:  # one id per saved adapter: vLLM caches adapters by id
+            lora = LoRARequest(Path(adapter).name, int(Path(adapter).name.rsplit("-", 1)[-1]) + 1, str(adapter))
+        params = SamplingParams(n=n, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens, seed=seed)
+        out = self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, lora_request=lora)[0]
+        return [Rollout(prefix + o.text, list(o.token_ids), _count_thinking(o.text)) for o in out.outputs]
+
+
+def _count_thinking(text: str) -> int:
+    """Rough thinking length in words when no tokenizer is at hand (vLLM path)."""
+    if THINK[0] not in text:
+        return 0
+    return len(text.split(THINK[0], 1)[1].split(THINK[1], 1)[0].split())
