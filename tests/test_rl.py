@@ -233,3 +233,12 @@ def test_sigkill_mid_step_then_resume_runs_nothing_twice(tmp_path, tiny_ideator)
     assert n_ideas == store.execute("SELECT COUNT(*) FROM rl_rollouts WHERE idea_id IS NOT NULL").fetchone()[0]
     # every trial ran exactly once: baselines + candidates, one line each
     assert len(runs.read_text().splitlines()) == len(store.trials())
+
+
+def test_importing_rl_loads_no_model_library():
+    code = ("import sys, ideaforge.rl, ideaforge.rl.loop, ideaforge.rl.analysis, ideaforge.rl.command; "
+            "print([m for m in ('torch', 'transformers', 'peft', 'trl', 'vllm') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=SRC))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

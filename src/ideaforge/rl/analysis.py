@@ -22,12 +22,15 @@ from ideaforge.store import Store
 TITLE_CLUSTER_JACCARD = 0.5
 
 
-def step_metrics(store: Store) -> list[dict]:
-    """One dict per step: step, status, rollouts, mean/max reward, rates, lengths, diversity, loss."""
+def step_metrics(store: Store, only: int | None = None) -> list[dict]:
+    """One dict per step (or only step `only`): step, status, rollouts, mean/max reward, rates,
+    lengths, diversity, loss."""
     ideas = {i["id"]: i for i in store.ideas()}
     labels = cluster_labels(store)
     out = []
     for st in R.steps(store):
+        if only is not None and st["step"] != only:
+            continue
         rows = R.rollouts(store, st["step"])
         rewards = [r["reward"] for r in rows if r["reward"] is not None]
         trials = [store.trial(r["trial_id"]) for r in rows if r["trial_id"]]

@@ -252,10 +252,14 @@ class RLRun:
         """idea id -> (step, title + description) for every idea of the run."""
         return {i["id"]: (i["epoch"], f"{i['title']} {i['description']}") for i in self.store.ideas() if i["kind"] == "rl"}
 
+    def _analysis(self, step: int) -> dict:
+        """The step's figures, kept with it (rewards, rates, lengths, diversity; see rl.analysis)."""
+        return {k: v for k, v in _analysis_row(self.store, step).items() if k not in ("step", "status", "loss")}
+
     # -- stage 3: the update ------------------------------------------------------------------------
     def update(self, step: int, prompt: str) -> None:
         if self.cfg.frozen:  # the control arm: the base ideator samples every step
-            R.set_stage(self.store, step, "done", stats={"frozen": True})
+            R.set_stage(self.store, step, "done", stats={"frozen": True, "analysis": self._analysis(step)})
             self.emit("rl_updated", {"step": step, "frozen": True})
             return
         policy = self.policy_for(step)
@@ -266,9 +270,15 @@ class RLRun:
         dest = self.store.root / "rl" / "adapters" / f"step-{step:04d}"
         policy.save(dest)
         stats["update_s"] = round(time.monotonic() - t0, 3)
+        stats["analysis"] = self._analysis(step)
         R.set_stage(self.store, step, "done", stats=stats, adapter=str(dest))
         self._policy_step = step
         self.emit("rl_updated", {"step": step, **stats})
+
+
+def _analysis_row(store, step: int) -> dict:
+    from ideaforge.rl.analysis import step_metrics
+    return next((m for m in step_metrics(store, only=step) if m["step"] == step), {})
 
 
 def _default_loader(cfg: RLConfig):
