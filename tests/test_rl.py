@@ -242,3 +242,49 @@ def test_importing_rl_loads_no_model_library():
                          env=dict(os.environ, PYTHONPATH=SRC))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# -- the loop's options, with a scripted policy and real trials ---------------------------------------
+SCRIPT = ["[Idea] Raise LR\n[Hyperparameters]\nLR = 0.4\n[End]",
+          "[Idea] Wider\n[Hyperparameters]\nWIDTH = 32\n[End]",
+          "[Idea] Add bias\n[End]",
+          "no idea here at all"]
+
+
+def _scripted_run(tmp_path, **options):
+    from fakes.scripted_policy import scripted_loader
+
+    from ideaforge.rl.loop import run_rl
+    log: list = []
+    camp = run_rl(str(make_rl_env(tmp_path / "env")), "scripted", steps=2, group=4, dir=tmp_path / "camp",
+                  slots=2, policy_loader=scripted_loader(SCRIPT, log), **options)
+    return Store.open_readonly(camp), log
+
+
+def test_loop_options_shape_rewards_and_prompt(tmp_path):
+    store, log = _scripted_run(tmp_path, dynamic_prompt=3, length_weight=10.0, length_cap=0.3,
+                               diversity_weight=1.0, novelty_weight=0.5, advantage="best_of_k", k=2)
+    rows = [dict(r) for r in store.execute("SELECT * FROM rl_rollouts ORDER BY step, idx")]
+    assert [r["status"] for r in rows] == ["scored", "scored", "scored", "no_idea"] * 2
+    assert [r["reward"] for r in rows[:4]] == [10.0 - 4.0, 10.0 - 4.0, 10.0 - 4.0 - 4.0 + 1.0, 0.0]  # raw score
+    # step 0: no previous step (no diversity term), an empty archive (novelty 1 x 0.5), length capped at 0.3
+    assert [r["shaped"] - r["reward"] for r in rows[:4]] == pytest.approx([0.8, 0.8, 0.8, 0.3])
+    # step 1: the same ideas again: diversity -1 x 1.0, novelty +0.5 x 0.0, length +0.3
+    assert [r["shaped"] - r["reward"] for r in rows[4:7]] == pytest.approx([-0.7] * 3)
+    assert rows[7]["shaped"] - rows[7]["reward"] == pytest.approx(0.3)
+    assert max(rows[:4], key=lambda r: r["advantage"])["reward"] == 6.0  # best-of-k credits the best
+    prompts = [e[1] for e in log if e[0] == "sample"]
+    assert "Ideas tried before" not in prompts[0] and "Ideas tried before and their rewards" in prompts[1]
+    assert [e[1] for e in log if e[0] == "load"] == [None]  # step 1 goes on with the policy in memory
+    from ideaforge.rl.analysis import step_metrics
+    m = step_metrics(store)
+    assert m[0]["execution_rate"] == 0.75 and m[0]["distinct_ideas"] == 3 and m[1]["top_cluster_share"] == 0.25
+    assert json.loads(store.execute("SELECT stats FROM rl_steps WHERE step=0").fetchone()[0])["analysis"]["rollouts"] == 4
+
+
+def test_frozen_arm_never_updates(tmp_path):
+    store, log = _scripted_run(tmp_path, frozen=True, reward="improvement", failure_reward=-3.0, baseline_seeds=2)
+    assert not [e for e in log if e[0] == "update"] and len([e for e in log if e[0] == "load"]) == 1
+    rows = [dict(r) for r in store.execute("SELECT * FROM rl_rollouts ORDER BY step, idx")]
+    assert rows[3]["reward"] == -3.0 and rows[0]["reward"] > 1000  # improvement over a noiseless baseline
+    assert [s["status"] for s in store.execute("SELECT status FROM rl_steps")] == ["done", "done"]
