@@ -39,7 +39,10 @@ def arm(name: str, args, root: Path) -> list[dict]:
     from ideaforge.rl.loop import run_rl
     from ideaforge.store import Store
     t0, c0 = time.monotonic(), cpu_s()
-    camp = run_rl(args.env, args.ideator, steps=args.steps, group=args.group, dir=root / name, slots=args.slots,
+    # An arm already in --dir is resumed (a finished one just reports): arms can run as separate processes.
+    resume = (root / name / "campaign.db").exists()
+    camp = run_rl(args.env, args.ideator, steps=args.steps, group=args.group, dir=root / name, resume=resume,
+                  slots=args.slots,
                   reward=args.reward, failure_reward=args.failure_reward, baseline_seeds=4,
                   max_new_tokens=args.max_new_tokens, gen_batch=args.group, advantage=args.advantage, lr=args.lr,
                   lora_r=args.lora_r, temperature=args.temperature, seed=args.seed, frozen=name == "frozen",

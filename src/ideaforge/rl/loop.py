@@ -322,6 +322,9 @@ def run_rl(env: str | None, ideator: str | None, steps: int | None = None, group
     else:
         if env is None or ideator is None:
             raise ConfigError("a new RL run needs ENV and --ideator")
+        if policy_loader is None:
+            from ideaforge.rl.policy import resolve_ideator
+            resolve_ideator(ideator)  # a bad --ideator fails here, before a campaign directory exists
         cfg = RLConfig(steps=steps or 4, group=group, implementer=implementer, reward=reward, **options).check()
         spec = load_env(env)
         campaign = Campaign.create(dir, spec, {"command": "rl", "rl": cfg.to_dict(), "ideator": ideator})

@@ -69,7 +69,7 @@ class Policy:
         except ImportError as e:
             raise ConfigError(f"ideaforge rl needs the `rl` extra (pip install 'ideaforge[rl]'): {e}") from None
         torch.manual_seed(seed)
-        base, own_adapter = _resolve(ideator)
+        base, own_adapter = resolve_ideator(ideator)
         model, tok = _load_base(base)
         adapter = adapter or own_adapter
         if adapter is not None:
@@ -178,7 +178,7 @@ class Policy:
         return logps, mask
 
 
-def _resolve(ideator: str) -> tuple[str, Path | None]:
+def resolve_ideator(ideator: str) -> tuple[str, Path | None]:
     """(base model reference, adapter directory or None)."""
     if ideator == "smollm2":
         return str(smollm2_gguf()), None
