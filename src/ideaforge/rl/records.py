@@ -63,10 +63,3 @@ def set_rollout(store: Store, rollout_id: int, **cols: Any) -> None:
     keys = sorted(cols)
     store.execute(f"UPDATE rl_rollouts SET {', '.join(k + '=?' for k in keys)} WHERE id=?",
                   [cols[k] for k in keys] + [rollout_id])
-
-
-def trials_by_id(store: Store, ids: list[int]) -> dict[int, dict[str, Any]]:
-    out = {}
-    for tid in ids:
-        out[tid] = store.trial(tid)
-    return out

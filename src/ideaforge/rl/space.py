@@ -116,9 +116,6 @@ class ActionSpace:
                     out.append((s.name, m.group(1)))
         return out
 
-    def describe_setting_values(self) -> dict[str, str]:
-        return {s.name: format_like(s.value, s.literal) for s in self.settings}
-
 
 def _coerce(text: str, s: Setting) -> float | int | None:
     """The value written for a setting, typed like the setting; None when it makes no sense."""
