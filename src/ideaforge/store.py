@@ -125,6 +125,37 @@ MIGRATIONS: list[str] = [
     CREATE INDEX implementations_idea ON implementations(idea_id);
     CREATE INDEX trials_implementation ON trials(implementation_id);
     """,
+    # 4: RL from execution reward (ideaforge.rl). One row per step and per rollout;
+    # a step's status is the stage it is in, so a killed run resumes there.
+    """
+    CREATE TABLE rl_steps (
+        step INTEGER PRIMARY KEY,
+        status TEXT NOT NULL,            -- generating | executing | updating | done
+        prompt TEXT NOT NULL,
+        stats TEXT NOT NULL DEFAULT '{}',    -- JSON: update loss, timings
+        adapter TEXT,                    -- directory of the LoRA adapter after this step's update
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    );
+    CREATE TABLE rl_rollouts (
+        id INTEGER PRIMARY KEY,
+        step INTEGER NOT NULL REFERENCES rl_steps(step),
+        idx INTEGER NOT NULL,            -- 0..G-1 within the step
+        llm_call_id INTEGER REFERENCES llm_calls(id),
+        text TEXT NOT NULL,
+        token_ids TEXT NOT NULL DEFAULT '[]',  -- JSON: completion token ids, what the update scores
+        n_tokens INTEGER NOT NULL DEFAULT 0,
+        thinking_tokens INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL DEFAULT 'generated',  -- generated | no_idea | implement_failed | queued | scored
+        idea_id INTEGER REFERENCES ideas(id),
+        implementation_id INTEGER REFERENCES implementations(id),
+        trial_id INTEGER REFERENCES trials(id),
+        reward REAL,                     -- from the trial alone (metric, 1/loss or improvement, or the failure value)
+        shaped REAL,                     -- reward plus length / diversity / novelty terms
+        advantage REAL,
+        UNIQUE (step, idx)
+    );
+    """,
 ]
 
 LOCK_NAME = "controller.lock"
