@@ -89,7 +89,7 @@ LAYERS: dict[str, set[str]] = {
     "implement": BOTTOM | {"llm", "envs", "edit"},
     "execute": BOTTOM | {"envs"},
     "search": _BELOW_SEARCH,
-    "rl": _BELOW_SEARCH,                 # what search may use, not search itself
+    "rl": _BELOW_SEARCH | {"search"},   # runs its trials through search's Campaign and TrialRunner
     "report": BOTTOM | {"store", "stats"},
     "cli": _BELOW_SEARCH | {"search", "rl", "report"},
 }

@@ -147,6 +147,19 @@ def resume(
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
     campaign = Campaign.open(dir)
     saved = campaign.config()
+    if saved.get("command") == "rl":  # an `ideaforge rl` run resumes in the stage it stopped in
+        from ideaforge.rl.analysis import summary_text
+        from ideaforge.rl.command import print_event
+        from ideaforge.rl.loop import run_rl
+        from ideaforge.store import Store
+
+        campaign.store.close()
+        root = run_rl(None, None, dir=dir, resume=True, executor=choice.executor or "local", slots=slots,
+                      ray_address=ray_address, on_event=print_event)
+        store = Store.open_readonly(root)
+        say(summary_text(store))
+        store.close()
+        return 0
     if "search" not in saved:
         raise fail(f"{dir} is not a search campaign (it was made by `ideaforge {saved.get('command', '?')}`)")
     cfg = SearchConfig(**saved["search"])
