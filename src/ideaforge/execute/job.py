@@ -38,6 +38,8 @@ class Job:
     prepared: str | None = None  # cached [prepare] output, if any
     memory_gb: float | None = None
     role: str = "candidate"
+    budget_clock: str = "wall"   # what budget_s counts: "wall" or the training tree's "cpu" seconds
+    network: bool = False        # the jail keeps the host network
 
     @classmethod
     def load(cls, trial_dir: Path) -> "Job":

@@ -25,57 +25,87 @@ import os
 import re
 import resource
 import select
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
+from ideaforge.execute import jail
 from ideaforge.execute.job import Job, atomic_write_json
 
-# Environment variables never passed to a trial: credentials by name pattern.
-_SECRET = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|ACCESS_?KEY|AUTH)", re.I)
-_SECRET_PREFIXES = ("AWS_", "ANTHROPIC_", "OPENAI_", "AZURE_", "GOOGLE_", "GCP_", "HF_", "HUGGING", "WANDB_", "SSH_")
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                "VECLIB_MAXIMUM_THREADS", "IDEAFORGE_THREADS")
 _OOM_LINE = re.compile(r"^([\w.]+\.)?(MemoryError|OutOfMemoryError)\b", re.M)
 _METRIC_LINE = re.compile(r"^METRIC\s+(.*)$")
+_PLAIN = re.compile(r"[\w./=:@%+,-]+( +[\w./=:@%+,-]+)*")  # no quoting, globs, redirects or operators
 TAIL_LINES = 40
 GRACE_S = 2.0  # SIGTERM -> SIGKILL grace when a timeout hits, seconds
+CPU_POLL_S = 0.5  # how often the training tree's CPU time is read under a CPU budget, seconds
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/<pid>/stat time unit, per second
 
-_current: subprocess.Popen | None = None
-
-
-def clean_environ(base: dict[str, str]) -> dict[str, str]:
-    """The controller's environment without credentials or the controller's own IDEAFORGE_ settings."""
-    out = {}
-    for k, v in base.items():
-        if _SECRET.search(k) or k.upper().startswith(_SECRET_PREFIXES):
-            continue
-        if k.startswith("IDEAFORGE_") and k != "IDEAFORGE_CACHE":
-            continue
-        out[k] = v
-    return out
+_running: set[subprocess.Popen] = set()  # runs of this process in progress (Ray runs several in threads)
+_running_lock = threading.Lock()
+# Only a dedicated worker process (one run at a time, a child subreaper) may sweep up every
+# descendant of itself; anywhere else (the controller's smoke checks) a run kills its own tree.
+_dedicated = False
 
 
-def trial_environ(job: Job, trial_dir: Path, gpu_ids: list[str]) -> dict[str, str]:
-    env = clean_environ(dict(os.environ))
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+def budget_grace_s(budget_s: float) -> float:
+    """Seconds a run may go past its budget before it is invalid: interpreter start, imports, saving."""
+    return max(5.0, 0.2 * budget_s)
+
+
+def trial_environ(job: Job, trial_dir: Path, gpu_ids: list[str], jailed: bool | None = None) -> dict[str, str]:
+    """A trial's whole environment, from an allow-list (locale, PATH, threads, IDEAFORGE_*), never by stripping."""
+    if jailed is None:
+        jailed = jail.isolation() == "bubblewrap"
+    env = jail.allowed_environ(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "/usr/bin:/bin")
     env["PYTHONUNBUFFERED"] = "1"
-    for var in _THREAD_VARS:
+    for var in jail.THREAD_VARS:
         env[var] = str(job.cpus)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     env["IDEAFORGE_GPUS"] = str(len(gpu_ids))
     env["IDEAFORGE_OUT"] = str(trial_dir / "out")
     env["IDEAFORGE_BUDGET_S"] = repr(float(job.budget_s))
+    env["IDEAFORGE_BUDGET_CLOCK"] = job.budget_clock
     env["IDEAFORGE_SEED"] = str(job.seed)
+    if jailed:
+        env["HOME"] = jail.JAIL_HOME
+    else:  # a writable HOME of its own, never the user's
+        (trial_dir / "home").mkdir(exist_ok=True)
+        env["HOME"] = str(trial_dir / "home")
     if job.data:
-        env["IDEAFORGE_DATA"] = next(iter(job.data.values()))
+        env["IDEAFORGE_DATA"] = _data_mounts(job)[0][0] if jailed else next(iter(job.data.values()))
     if job.prepared:
         env["IDEAFORGE_PREPARED"] = job.prepared
     return env
+
+
+def _data_mounts(job: Job) -> list[tuple[str, str]]:
+    """(path inside the jail, host path) of each data path: one alone at /data, several at /data/<rel>."""
+    if len(job.data) == 1:
+        return [(jail.DATA_MOUNT, next(iter(job.data.values())))]
+    return [(f"{jail.DATA_MOUNT}/{rel}", src) for rel, src in job.data.items()]
+
+
+def trial_jail(job: Job, trial_dir: Path, gpu_ids: list[str], writable: list[Path],
+               readonly: dict[str, Path] | None = None) -> jail.Jail:
+    """The jail of one run of a trial: `writable` and the environment's data (read-only) and nothing else."""
+    ro: dict[str, Path] = {}
+    for dest, src in _data_mounts(job):
+        ro[dest] = Path(src)
+        ro[str(Path(src).resolve())] = Path(src)  # where the workspace's data link points
+    if job.prepared:
+        ro[job.prepared] = Path(job.prepared)
+    ro.update(readonly or {})
+    hide = [trial_dir.parent] + ([Path(job.hidden_src).parent] if job.hidden_src else [])
+    return jail.Jail(writable=tuple(writable), readonly=ro, network=job.network, gpu_ids=tuple(gpu_ids),
+                     hide=tuple(hide))
 
 
 # -- process-tree control ---------------------------------------------------------------
@@ -90,17 +120,25 @@ def _become_subreaper() -> None:
         pass  # not Linux: process-group kill still applies
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid -> (ppid, CPU ticks: own user+system plus that of its reaped children) of every process."""
+    table = {}
     for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                fields = f.read().rsplit(")", 1)[1].split()
+            table[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
         except (OSError, IndexError, ValueError):
             continue
-        children.setdefault(ppid, []).append(int(entry))
+    return table
+
+
+def _descendants(root: int, table: dict[int, tuple[int, int]] | None = None) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in (table if table is not None else _proc_table()).items():
+        children.setdefault(ppid, []).append(pid)
     out, stack = [], [root]
     while stack:
         for c in children.get(stack.pop(), []):
@@ -109,13 +147,22 @@ def _descendants(root: int) -> list[int]:
     return out
 
 
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds (user+system) of a live process tree, its reaped members included."""
+    table = _proc_table()
+    return sum(table[p][1] for p in [root, *_descendants(root, table)] if p in table) / _TICK
+
+
 def _kill_tree(proc: subprocess.Popen | None, sig: int) -> None:
+    """Signal `proc`'s own process group and tree; in a dedicated worker, every descendant too."""
+    pids = set(_descendants(os.getpid())) if _dedicated else set()
     if proc is not None:
+        pids |= set(_descendants(proc.pid))
         try:
             os.killpg(proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-    for pid in _descendants(os.getpid()):
+    for pid in pids:
         try:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -123,7 +170,8 @@ def _kill_tree(proc: subprocess.Popen | None, sig: int) -> None:
 
 
 def _reap() -> None:
-    while True:
+    """Collect re-parented orphans; only in a dedicated worker (elsewhere it would steal others' children)."""
+    while _dedicated:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
@@ -132,58 +180,113 @@ def _reap() -> None:
             return
 
 
-def _limits(memory_gb: float | None):
+def _child_setup(memory_gb: float | None):
     def apply() -> None:
+        _die_with_parent()
         if memory_gb:
             cap = int(memory_gb * (1 << 30))
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     return apply
 
 
-def _wait(proc: subprocess.Popen, timeout_s: float) -> int | None:
-    """Exit code, or None at the timeout. A pidfd wakes us at exit (Popen.wait polls in sleeps)."""
+def _die_with_parent() -> None:
+    """SIGKILL this (forked) process when the thread that started it dies: a killed worker leaves no run."""
+    import ctypes
+
+    try:
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _command(cmd: str) -> list[str]:
+    """A plain `prog arg ...` runs without a shell in between, so the training process itself
+    carries the die-with-parent signal (unjailed, that is all that ties it to the worker)."""
+    if _PLAIN.fullmatch(cmd.strip()):
+        return shlex.split(cmd)
+    return ["/bin/sh", "-c", cmd]
+
+
+class Run(NamedTuple):
+    rc: int | None      # exit code; None when killed by us
+    timed_out: bool     # killed at the wall-clock timeout
+    seconds: float      # wall seconds
+    cpu_s: float        # user+system CPU seconds of the whole tree, measured here
+    over_cpu: bool      # killed for passing cpu_limit_s
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, cpu_limit_s: float | None) -> tuple[str, float]:
+    """("exited" | "timeout" | "cpu", CPU seconds seen while polling). A pidfd wakes us at exit."""
+    deadline = time.monotonic() + timeout_s
+    cpu = 0.0
     try:
         fd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):
-        try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
+        fd = None
     try:
-        ready, _, _ = select.select([fd], [], [], timeout_s)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout", cpu
+            step = min(left, CPU_POLL_S) if cpu_limit_s is not None else left
+            if fd is not None:
+                if select.select([fd], [], [], step)[0]:
+                    return "exited", cpu
+            else:
+                try:
+                    proc.wait(timeout=step)
+                    return "exited", cpu
+                except subprocess.TimeoutExpired:
+                    pass
+            if cpu_limit_s is not None:
+                cpu = max(cpu, tree_cpu_s(proc.pid))
+                if cpu > cpu_limit_s:
+                    return "cpu", cpu
     finally:
-        os.close(fd)
-    return proc.wait() if ready else None
+        if fd is not None:
+            os.close(fd)
+
+
+def _collect(proc: subprocess.Popen) -> tuple[int, float]:
+    """Reap our child with wait4: its exit code and the CPU seconds of everything it reaped."""
+    try:
+        _, status, ru = os.wait4(proc.pid, 0)
+    except ChildProcessError:  # already reaped
+        return proc.wait(), 0.0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, ru.ru_utime + ru.ru_stime
 
 
 def run_group(cmd: str, cwd: Path, env: dict[str, str], timeout_s: float, log_prefix: Path,
-              memory_gb: float | None = None) -> tuple[int | None, bool, float]:
-    """Run `cmd` in its own session; kill the whole tree at the timeout and afterwards.
+              memory_gb: float | None = None, *, jail_: jail.Jail | None = None,
+              cpu_limit_s: float | None = None) -> Run:
+    """Run `cmd` jailed (see execute/jail.py) in its own session; kill its own tree at the timeout
+    (wall seconds), when its CPU seconds pass `cpu_limit_s`, and whatever it leaves behind.
 
-    Returns (exit code or None when killed by us, timed_out, seconds).
+    Only this run's processes are ever signalled (its process group, its tree, its jail),
+    so concurrent runs in one process and the caller's other children are safe.
     """
-    global _current
+    jail_ = jail_ or jail.Jail(writable=(Path(cwd),))
+    argv = jail_.argv(_command(cmd), cwd=Path(cwd), env=env)
     t0 = time.monotonic()
     with open(f"{log_prefix}.out", "wb") as out, open(f"{log_prefix}.err", "wb") as err:
-        proc = subprocess.Popen(["/bin/sh", "-c", cmd], cwd=cwd, env=env, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_limits(memory_gb))
-        _current = proc
-        timed_out = False
-        rc = _wait(proc, timeout_s)
-        if rc is None:
-            timed_out = True
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=_child_setup(memory_gb))
+        with _running_lock:
+            _running.add(proc)
+        how, cpu_seen = _wait(proc, timeout_s, cpu_limit_s)
+        if how != "exited":
             _kill_tree(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=GRACE_S)
-            except subprocess.TimeoutExpired:
-                pass
-            rc = None
+            _wait(proc, GRACE_S, None)  # without reaping: the tree's rusage is read below
         # Whatever it left behind (background children, grandchildren that ignore SIGTERM) dies too.
         _kill_tree(proc, signal.SIGKILL)
-        proc.wait()
+        rc, cpu_reaped = _collect(proc) if proc.returncode is None else (proc.returncode, 0.0)
         _reap()
-        _current = None
-    return rc, timed_out, time.monotonic() - t0
+        with _running_lock:
+            _running.discard(proc)
+    return Run(None if how != "exited" else rc, how == "timeout", time.monotonic() - t0,
+               max(cpu_seen, cpu_reaped), how == "cpu")
 
 
 # -- reading what a run left ------------------------------------------------------------
@@ -223,9 +326,16 @@ def parse_curve(path: Path, limit: int = 2000) -> list[dict[str, float]]:
     return points
 
 
-def _classify_train(rc: int | None, timed_out: bool, err_tail: str, timeout_s: float) -> tuple[str, str] | None:
-    if timed_out:
-        return "timeout", f"training outlived the hard timeout of {timeout_s:.0f} s and was killed with its process tree"
+def _classify_train(run: Run, err_tail: str, job: Job) -> tuple[str, str] | None:
+    if run.timed_out:
+        return "timeout", f"training outlived the hard timeout of {job.timeout_s:.0f} s and was killed with its process tree"
+    used = run.cpu_s if job.budget_clock == "cpu" else run.seconds
+    grace = budget_grace_s(job.budget_s)
+    if run.over_cpu or used > job.budget_s + grace:
+        unit = "CPU s" if job.budget_clock == "cpu" else "s"
+        return "invalid", (f"trained {used:.1f} {unit} on a {job.budget_s:g} {unit} budget (the harness's "
+                           f"{job.budget_clock} clock; {grace:g} s grace)" + (", killed" if run.over_cpu else ""))
+    rc = run.rc
     if rc == 0:
         return None
     if _OOM_LINE.search(err_tail) or rc == -signal.SIGKILL:
@@ -236,24 +346,29 @@ def _classify_train(rc: int | None, timed_out: bool, err_tail: str, timeout_s: f
     return "failed", f"training exited with code {rc}\n{err_tail}"
 
 
-def _evaluate(job: Job, trial_dir: Path, env: dict[str, str]) -> dict:
+def _evaluate(job: Job, trial_dir: Path, env: dict[str, str], gpu_ids: list[str]) -> dict:
     eval_dir = trial_dir / "eval"
     if eval_dir.exists():
         shutil.rmtree(eval_dir)
     eval_dir.mkdir()
     copy_hidden_from_snapshot(job, eval_dir)
     result_path = eval_dir / f"result-{os.urandom(8).hex()}.json"  # unguessable, created only now
-    env = dict(env, IDEAFORGE_WORKSPACE=str(trial_dir / "work"), IDEAFORGE_RESULT=str(result_path))
-    rc, timed_out, secs = run_group(job.evaluate_command, eval_dir, env, job.evaluate_timeout_s,
-                                    trial_dir / "eval", job.memory_gb)
-    rec: dict = {"eval_s": round(secs, 3)}
+    env = dict(env, IDEAFORGE_WORKSPACE=str(trial_dir / "work"), IDEAFORGE_RESULT=str(result_path),
+               PYTHONPATH=str(jail.package_parent()))
+    # Today's evaluators import the edited model code, so the evaluator is jailed too; it may write
+    # only its own directory and reads the workspace and the checkpoint.
+    box = trial_jail(job, trial_dir, gpu_ids, [eval_dir], {str(trial_dir / "work"): trial_dir / "work",
+                                                           str(trial_dir / "out"): trial_dir / "out"})
+    run = run_group(job.evaluate_command, eval_dir, env, job.evaluate_timeout_s, trial_dir / "eval",
+                    job.memory_gb, jail_=box)
+    rec: dict = {"eval_s": round(run.seconds, 3)}
     log = tail(trial_dir / "eval.err", 20)
-    if timed_out:
+    if run.timed_out:
         return rec | {"outcome": "no_result", "reason": f"the evaluator exceeded its {job.evaluate_timeout_s:.0f} s timeout"}
     try:
         result = json.loads(result_path.read_text())
     except (OSError, ValueError) as e:
-        return rec | {"outcome": "no_result", "reason": f"the evaluator exited {rc} without a readable result ({e.__class__.__name__})\n{log}"}
+        return rec | {"outcome": "no_result", "reason": f"the evaluator exited {run.rc} without a readable result ({e.__class__.__name__})\n{log}"}
     return rec | _interpret(result, job.metric)
 
 
@@ -297,20 +412,24 @@ def run_trial(trial_dir: Path, gpu_ids: list[str] | None = None) -> dict:
     _become_subreaper()
     started = time.time()
     out_dir = trial_dir / "out"
-    if out_dir.exists():
+    if out_dir.exists():  # a retry starts from a fresh out/
         shutil.rmtree(out_dir)
     out_dir.mkdir()
-    env = trial_environ(job, trial_dir, gpu_ids)
-    rc, timed_out, train_s = run_group(job.run_command, trial_dir / "work", env, job.timeout_s,
-                                       trial_dir / "train", job.memory_gb)
-    record: dict = {"trial_id": job.trial_id, "exit_code": rc, "train_s": round(train_s, 3),
+    box = trial_jail(job, trial_dir, gpu_ids, [trial_dir / "work", out_dir])
+    env = trial_environ(job, trial_dir, gpu_ids, jailed=box.isolation == "bubblewrap")
+    cpu_limit = job.budget_s + budget_grace_s(job.budget_s) if job.budget_clock == "cpu" else None
+    run = run_group(job.run_command, trial_dir / "work", env, job.timeout_s, trial_dir / "train", job.memory_gb,
+                    jail_=box, cpu_limit_s=cpu_limit)
+    record: dict = {"trial_id": job.trial_id, "exit_code": run.rc, "train_s": round(run.seconds, 3),
+                    "train_wall_s": round(run.seconds, 3), "train_cpu_s": round(run.cpu_s, 3),
+                    "budget_clock": job.budget_clock, "isolation": box.isolation,
                     "curve": parse_curve(trial_dir / "train.out"), "started_at": started}
-    bad = _classify_train(rc, timed_out, tail(trial_dir / "train.err"), job.timeout_s)
+    bad = _classify_train(run, tail(trial_dir / "train.err"), job)
     if bad:
         record |= {"outcome": bad[0], "reason": bad[1]}
     else:
         try:
-            record |= _evaluate(job, trial_dir, env)
+            record |= _evaluate(job, trial_dir, env, gpu_ids)
         except RuntimeError as e:
             record |= {"outcome": "no_result", "reason": str(e)}
     record["ended_at"] = time.time()
@@ -319,8 +438,14 @@ def run_trial(trial_dir: Path, gpu_ids: list[str] | None = None) -> dict:
 
 
 def kill_current_trial() -> None:
-    """Kill the running trial's whole process tree (training or evaluator), if any."""
-    _kill_tree(_current, signal.SIGKILL)
+    """Kill the process trees (jails) of every run this process has in progress: training or evaluator.
+
+    No lock: this runs from a signal handler that may interrupt a holder of `_running_lock`.
+    """
+    for proc in list(_running):
+        _kill_tree(proc, signal.SIGKILL)
+    if _dedicated:
+        _kill_tree(None, signal.SIGKILL)
     _reap()
 
 
@@ -337,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
     trials: a trial in progress is finished first, so a controller killed with SIGKILL
     loses nothing.
     """
+    global _dedicated
+    _dedicated = True  # this process runs one trial at a time: it may sweep up all its descendants
+    _become_subreaper()
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the controller, which decides
     for line in sys.stdin:

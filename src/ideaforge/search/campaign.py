@@ -93,6 +93,7 @@ class Campaign:
             gpus=self.spec.gpus, metric=self.spec.metric, hidden_src=str(self.store.env_dir), hidden=self.hidden,
             data={rel: str((self.spec.root / rel).resolve()) for rel in self.spec.data_paths},
             prepared=str(prepared) if prepared else None, memory_gb=self.spec.memory_gb, role=trial["role"],
+            budget_clock=self.spec.budget_clock, network=self.spec.network,
         )
         write_job(tdir, job)
         return tdir
