@@ -160,6 +160,7 @@ def cmd_env_check(args) -> int:
     budget = args.budget if args.budget else min(spec.budget_s, 15.0)
     _say(f"{spec.name}: spec valid ({len(spec.editable_files)} editable, {len(spec.visible_files)} visible, "
          f"{len(spec.hidden_files)} hidden files, {len(spec.data_paths)} data paths)")
+    _say(__import__("ideaforge.execute.jail", fromlist=["isolation_line"]).isolation_line())
     tmp = None
     root = Path(args.dir) if args.dir else Path(tmp := tempfile.mkdtemp(prefix=f"ideaforge-check-{spec.name}-"))
     try:

@@ -92,12 +92,17 @@ MIGRATIONS: list[str] = [
         started_at REAL NOT NULL
     );
     """,
+    # 2: how each trial was isolated ("bubblewrap" | "none") and its harness-measured CPU seconds
+    """
+    ALTER TABLE trials ADD COLUMN isolation TEXT;
+    ALTER TABLE trials ADD COLUMN train_cpu_s REAL;
+    """,
 ]
 
 TRIAL_FIELDS = (
     "id", "implementation_id", "role", "seed", "budget_s", "status", "outcome", "metric",
     "metrics", "curve", "reason", "exit_code", "train_s", "eval_s", "pid", "attempt",
-    "created", "started", "ended",
+    "created", "started", "ended", "isolation", "train_cpu_s",
 )
 
 
@@ -234,12 +239,13 @@ class Store:
         """Ingest a worker's record once. Returns False when the trial was already done."""
         cur = self.execute(
             """UPDATE trials SET status='done', outcome=?, metric=?, metrics=?, curve=?, reason=?,
-                   exit_code=?, train_s=?, eval_s=?, ended=?
+                   exit_code=?, train_s=?, eval_s=?, ended=?, isolation=?, train_cpu_s=?
                WHERE id=? AND status != 'done'""",
             (
                 record["outcome"], record.get("metric"), json.dumps(record.get("metrics", {})),
                 json.dumps(record.get("curve", [])), record.get("reason"), record.get("exit_code"),
-                record.get("train_s"), record.get("eval_s"), record.get("ended_at", time.time()), trial_id,
+                record.get("train_s"), record.get("eval_s"), record.get("ended_at", time.time()),
+                record.get("isolation"), record.get("train_cpu_s"), trial_id,
             ),
         )
         return cur.rowcount == 1

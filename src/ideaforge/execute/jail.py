@@ -104,6 +104,14 @@ def warn_unisolated(log: Callable[[str], None]) -> str:
     return iso
 
 
+def isolation_line() -> str:
+    """One line for `env check` and friends: how trials are isolated on this machine."""
+    if isolation() == "bubblewrap":
+        return ("isolation: bubblewrap (trials jailed: own PID/IPC/network namespaces, system read-only, "
+                "only workspace and IDEAFORGE_OUT writable, data read-only at /data)")
+    return f"isolation: NONE, trials run unjailed ({why_unisolated()})"
+
+
 def _reset_for_tests() -> None:
     global _probed, _warned
     with _lock:

@@ -17,6 +17,7 @@ from typing import Callable
 from ideaforge.envs.spec import EnvSpec, load_env
 from ideaforge.envs.workspace import build_workspace, ensure_prepared, snapshot_env
 from ideaforge.errors import ConfigError, EditRefused, StoreError
+from ideaforge.execute.jail import warn_unisolated
 from ideaforge.execute.job import Job, write_job
 from ideaforge.execute.local import find_worker
 from ideaforge.store import Store
@@ -116,6 +117,7 @@ class TrialRunner:
         self.store = campaign.store
         self.executor = executor
         self.on_event = on_event or (lambda kind, info: None)
+        warn_unisolated(lambda msg: self.on_event("log", {"message": msg}))  # once per process, loudly
         if not executor.fits_ever(campaign.spec.gpus):
             raise ConfigError(
                 f"{campaign.spec.name} needs {campaign.spec.gpus} GPU(s) per trial; this executor has "
