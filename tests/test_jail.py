@@ -183,9 +183,9 @@ def test_cpu_budget_is_measured_by_the_harness_and_enforced_by_a_kill(tmp_path):
     assert t["outcome"] == "invalid", t["reason"]
     assert "budget" in t["reason"] and "killed" in t["reason"]
     assert t["train_cpu_s"] >= 1 + worker.budget_grace_s(1)
-    assert t["record"]["train_wall_s"] < 60  # killed at the CPU limit, not the 120 s timeout
 
 
+@pytest.mark.slow
 def test_wall_budget_overrun_is_invalid(tmp_path):
     train = """
     import time

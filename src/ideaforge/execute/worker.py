@@ -44,10 +44,11 @@ _METRIC_LINE = re.compile(r"^METRIC\s+(.*)$")
 _PLAIN = re.compile(r"[\w./=:@%+,-]+( +[\w./=:@%+,-]+)*")  # no quoting, globs, redirects or operators
 TAIL_LINES = 40
 GRACE_S = 2.0  # SIGTERM -> SIGKILL grace when a timeout hits, seconds
+RUN_TOKEN = "IDEAFORGE_RUN_TOKEN"  # unjailed runs are marked in their environment, to find their daemons
 CPU_POLL_S = 0.5  # how often the training tree's CPU time is read under a CPU budget, seconds
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/<pid>/stat time unit, per second
 
-_running: set[subprocess.Popen] = set()  # runs of this process in progress (Ray runs several in threads)
+_running: dict[subprocess.Popen, str | None] = {}  # runs in progress -> run token (Ray runs several in threads)
 _running_lock = threading.Lock()
 # Only a dedicated worker process (one run at a time, a child subreaper) may sweep up every
 # descendant of itself; anywhere else (the controller's smoke checks) a run kills its own tree.
@@ -153,9 +154,25 @@ def tree_cpu_s(root: int) -> float:
     return sum(table[p][1] for p in [root, *_descendants(root, table)] if p in table) / _TICK
 
 
-def _kill_tree(proc: subprocess.Popen | None, sig: int) -> None:
-    """Signal `proc`'s own process group and tree; in a dedicated worker, every descendant too."""
+def _carrying(token: str) -> set[int]:
+    """Processes whose environment carries this run's token: its daemons, even re-parented to init."""
+    needle = f"{RUN_TOKEN}={token}".encode()
+    out = set()
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        try:
+            if entry.isdigit() and needle in open(f"/proc/{entry}/environ", "rb").read():
+                out.add(int(entry))
+        except OSError:
+            continue
+    return out
+
+
+def _kill_tree(proc: subprocess.Popen | None, sig: int, token: str | None = None) -> None:
+    """Signal `proc`'s own process group and tree (and, unjailed, whatever carries its run token);
+    in a dedicated worker, every descendant too."""
     pids = set(_descendants(os.getpid())) if _dedicated else set()
+    if token:
+        pids |= _carrying(token) - {os.getpid()}
     if proc is not None:
         pids |= set(_descendants(proc.pid))
         try:
@@ -268,23 +285,27 @@ def run_group(cmd: str, cwd: Path, env: dict[str, str], timeout_s: float, log_pr
     so concurrent runs in one process and the caller's other children are safe.
     """
     jail_ = jail_ or jail.Jail(writable=(Path(cwd),))
+    token = None
+    if jail_.isolation != "bubblewrap":  # a jail's PID namespace takes everything down; unjailed, mark the run
+        token = os.urandom(8).hex()
+        env = dict(env, **{RUN_TOKEN: token})
     argv = jail_.argv(_command(cmd), cwd=Path(cwd), env=env)
     t0 = time.monotonic()
     with open(f"{log_prefix}.out", "wb") as out, open(f"{log_prefix}.err", "wb") as err:
         proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                 start_new_session=True, preexec_fn=_child_setup(memory_gb))
         with _running_lock:
-            _running.add(proc)
+            _running[proc] = token
         how, cpu_seen = _wait(proc, timeout_s, cpu_limit_s)
         if how != "exited":
-            _kill_tree(proc, signal.SIGTERM)
+            _kill_tree(proc, signal.SIGTERM, token)
             _wait(proc, GRACE_S, None)  # without reaping: the tree's rusage is read below
         # Whatever it left behind (background children, grandchildren that ignore SIGTERM) dies too.
-        _kill_tree(proc, signal.SIGKILL)
+        _kill_tree(proc, signal.SIGKILL, token)
         rc, cpu_reaped = _collect(proc) if proc.returncode is None else (proc.returncode, 0.0)
         _reap()
         with _running_lock:
-            _running.discard(proc)
+            _running.pop(proc, None)
     return Run(None if how != "exited" else rc, how == "timeout", time.monotonic() - t0,
                max(cpu_seen, cpu_reaped), how == "cpu")
 
@@ -442,8 +463,8 @@ def kill_current_trial() -> None:
 
     No lock: this runs from a signal handler that may interrupt a holder of `_running_lock`.
     """
-    for proc in list(_running):
-        _kill_tree(proc, signal.SIGKILL)
+    for proc, token in list(_running.items()):
+        _kill_tree(proc, signal.SIGKILL, token)
     if _dedicated:
         _kill_tree(None, signal.SIGKILL)
     _reap()
