@@ -236,7 +236,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 
-from ideaforge.execute import jail, worker  # noqa: E402
+from ideaforge.execute import jail, proctree, worker  # noqa: E402
 
 MODES = [pytest.param(False, id="unjailed"),
          pytest.param(True, id="jailed", marks=pytest.mark.skipif(jail.isolation() != "bubblewrap",
@@ -319,7 +319,7 @@ def test_training_dies_with_a_sigkilled_worker(tmp_path, isolate, monkeypatch):
         return pids
 
     assert training_pids()
-    kids = [p for t in training_pids() for p in worker._descendants(t)]
+    kids = [p for t in training_pids() for p in proctree.descendants(t)]
     os.kill(w.pid, 9)
     w.wait()
     _wait_for(lambda: not training_pids(), 20, "training to die with its worker")

@@ -38,15 +38,15 @@ from typing import NamedTuple
 
 from ideaforge.execute import jail
 from ideaforge.execute.job import Job, atomic_write_json
+from ideaforge.execute.proctree import (RUN_TOKEN, become_subreaper, carrying, descendants, die_with_parent,
+                                        tree_cpu_s)
 
 _OOM_LINE = re.compile(r"^([\w.]+\.)?(MemoryError|OutOfMemoryError)\b", re.M)
 _METRIC_LINE = re.compile(r"^METRIC\s+(.*)$")
 _PLAIN = re.compile(r"[\w./=:@%+,-]+( +[\w./=:@%+,-]+)*")  # no quoting, globs, redirects or operators
 TAIL_LINES = 40
 GRACE_S = 2.0  # SIGTERM -> SIGKILL grace when a timeout hits, seconds
-RUN_TOKEN = "IDEAFORGE_RUN_TOKEN"  # unjailed runs are marked in their environment, to find their daemons
 CPU_POLL_S = 0.5  # how often the training tree's CPU time is read under a CPU budget, seconds
-_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc/<pid>/stat time unit, per second
 
 _running: dict[subprocess.Popen, str | None] = {}  # runs in progress -> run token (Ray runs several in threads)
 _running_lock = threading.Lock()
@@ -109,72 +109,15 @@ def trial_jail(job: Job, trial_dir: Path, gpu_ids: list[str], writable: list[Pat
                      hide=tuple(hide))
 
 
-# -- process-tree control ---------------------------------------------------------------
-def _become_subreaper() -> None:
-    """Orphaned descendants (even ones that setsid away) get re-parented to us, so we can kill them."""
-    import ctypes  # here, not at the top: every worker start pays for top-level imports
-
-    try:
-        PR_SET_CHILD_SUBREAPER = 36
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: process-group kill still applies
-
-
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid -> (ppid, CPU ticks: own user+system plus that of its reaped children) of every process."""
-    table = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            table[int(entry)] = (int(fields[1]), sum(int(x) for x in fields[11:15]))
-        except (OSError, IndexError, ValueError):
-            continue
-    return table
-
-
-def _descendants(root: int, table: dict[int, tuple[int, int]] | None = None) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in (table if table is not None else _proc_table()).items():
-        children.setdefault(ppid, []).append(pid)
-    out, stack = [], [root]
-    while stack:
-        for c in children.get(stack.pop(), []):
-            out.append(c)
-            stack.append(c)
-    return out
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds (user+system) of a live process tree, its reaped members included."""
-    table = _proc_table()
-    return sum(table[p][1] for p in [root, *_descendants(root, table)] if p in table) / _TICK
-
-
-def _carrying(token: str) -> set[int]:
-    """Processes whose environment carries this run's token: its daemons, even re-parented to init."""
-    needle = f"{RUN_TOKEN}={token}".encode()
-    out = set()
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        try:
-            if entry.isdigit() and needle in open(f"/proc/{entry}/environ", "rb").read():
-                out.add(int(entry))
-        except OSError:
-            continue
-    return out
-
-
+# -- process-tree control (the /proc reading is in proctree.py) -----------------------------
 def _kill_tree(proc: subprocess.Popen | None, sig: int, token: str | None = None) -> None:
     """Signal `proc`'s own process group and tree (and, unjailed, whatever carries its run token);
     in a dedicated worker, every descendant too."""
-    pids = set(_descendants(os.getpid())) if _dedicated else set()
+    pids = set(descendants(os.getpid())) if _dedicated else set()
     if token:
-        pids |= _carrying(token) - {os.getpid()}
+        pids |= carrying(token) - {os.getpid()}
     if proc is not None:
-        pids |= set(_descendants(proc.pid))
+        pids |= set(descendants(proc.pid))
         try:
             os.killpg(proc.pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -199,22 +142,11 @@ def _reap() -> None:
 
 def _child_setup(memory_gb: float | None):
     def apply() -> None:
-        _die_with_parent()
+        die_with_parent()
         if memory_gb:
             cap = int(memory_gb * (1 << 30))
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     return apply
-
-
-def _die_with_parent() -> None:
-    """SIGKILL this (forked) process when the thread that started it dies: a killed worker leaves no run."""
-    import ctypes
-
-    try:
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _command(cmd: str) -> list[str]:
@@ -430,7 +362,7 @@ def run_trial(trial_dir: Path, gpu_ids: list[str] | None = None) -> dict:
     gpu_ids = gpu_ids or []
     atomic_write_json(trial_dir / "worker.json", {"pid": os.getpid(), "started_at": time.time(), "gpus": gpu_ids},
                       durable=False)
-    _become_subreaper()
+    become_subreaper()
     started = time.time()
     out_dir = trial_dir / "out"
     if out_dir.exists():  # a retry starts from a fresh out/
@@ -485,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     global _dedicated
     _dedicated = True  # this process runs one trial at a time: it may sweep up all its descendants
-    _become_subreaper()
+    become_subreaper()
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the controller, which decides
     for line in sys.stdin:
