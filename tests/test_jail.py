@@ -169,6 +169,14 @@ def test_honest_trial_records_isolation_and_both_clocks(tmp_path):
     assert t["record"]["train_wall_s"] > 0
 
 
+def test_training_killed_by_sigkill_is_oom_through_the_jail(tmp_path):
+    """The jail (and a shell) report a child's death by signal N as exit 128+N; the outcome is the same."""
+    t = _one_trial(tmp_path, "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    assert t["outcome"] == "oom", t["reason"]
+    t = _one_trial(tmp_path / "b", "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
+    assert t["outcome"] == "failed" and "SIGSEGV" in t["reason"]
+
+
 @pytest.mark.slow
 def test_cpu_budget_is_measured_by_the_harness_and_enforced_by_a_kill(tmp_path):
     """Training that burns CPU past budget + grace, whatever its own clock says, is killed and invalid."""

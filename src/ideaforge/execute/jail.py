@@ -154,9 +154,14 @@ def jail_argv(argv: list[str], *, cwd: Path, writable: Iterable[Path], readonly:
         args += ["--ro-bind", str(src), str(dest)]
     for p in writable:
         args += ["--bind", str(p), str(p)]
-    for g in gpu_ids:
-        args += ["--dev-bind-try", f"/dev/nvidia{int(g)}", f"/dev/nvidia{int(g)}"]
-    if list(gpu_ids):
+    gpu_ids = [str(g) for g in gpu_ids]
+    # Device nodes are named by minor number; an id that is not one (a UUID) cannot be mapped,
+    # so then every GPU node passes and CUDA_VISIBLE_DEVICES alone selects.
+    nodes = ([f"/dev/nvidia{g}" for g in gpu_ids] if all(g.isdigit() for g in gpu_ids)
+             else sorted(str(p) for p in Path("/dev").glob("nvidia[0-9]*")))
+    for node in nodes:
+        args += ["--dev-bind-try", node, node]
+    if gpu_ids:
         for name in _GPU_SHARED:
             args += ["--dev-bind-try", f"/dev/{name}", f"/dev/{name}"]
         args += ["--ro-bind-try", "/sys", "/sys"]  # CUDA reads topology from /sys

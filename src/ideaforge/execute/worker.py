@@ -289,13 +289,19 @@ def _classify_train(run: Run, err_tail: str, job: Job) -> tuple[str, str] | None
         return "invalid", (f"trained {used:.1f} {unit} on a {job.budget_s:g} {unit} budget (the harness's "
                            f"{job.budget_clock} clock; {grace:g} s grace)" + (", killed" if run.over_cpu else ""))
     rc = run.rc
+    if rc is not None and 128 < rc < 128 + signal.NSIG:  # a jail or shell reports a child's signal N as 128+N
+        rc = -(rc - 128)
     if rc == 0:
         return None
     if _OOM_LINE.search(err_tail) or rc == -signal.SIGKILL:
         why = "killed with SIGKILL, most likely by the kernel's out-of-memory killer" if rc == -signal.SIGKILL else "ran out of memory"
         return "oom", f"training {why} (exit {rc})\n{err_tail}"
     if rc is not None and rc < 0:
-        return "failed", f"training was killed by signal {signal.Signals(-rc).name}\n{err_tail}"
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = str(-rc)
+        return "failed", f"training was killed by signal {name}\n{err_tail}"
     return "failed", f"training exited with code {rc}\n{err_tail}"
 
 
