@@ -330,3 +330,40 @@ def test_training_dies_with_a_sigkilled_worker(tmp_path, isolate, monkeypatch):
             os.kill(p, 9)
         except ProcessLookupError:
             pass
+
+
+@pytest.mark.slow
+def test_smoke_timeouts_in_the_controller_leave_running_trials_alone(tmp_path):
+    """Issue 16 item 1: smoke checks run in the controller beside the campaign's workers; their
+    timeouts must not kill the workers (the trial would restart silently) nor each other."""
+    from ideaforge.execute.smoke import run_smoke
+
+    train = """
+    import json, os, time
+    time.sleep(4)
+    json.dump({"score": 3.0}, open(os.path.join(os.environ["IDEAFORGE_OUT"], "ckpt.json"), "w"))
+    """
+    env_dir = make_toy_env(tmp_path / "env", train, budget_s=20, timeout_s=60,
+                           extra_toml="[smoke]\nbudget_s = 1\ntimeout_s = 1.5\n")
+    spec = load_env(env_dir)
+    camp = Campaign.create(tmp_path / "camp", spec)
+    tid = camp.store.add_trial("candidate", seed=0, budget_s=spec.budget_s)
+    hang = {"train.py": "import time\ntime.sleep(100)\n"}
+    ok = {"train.py": "import json, os\njson.dump({}, open(os.path.join(os.environ['IDEAFORGE_OUT'], 'c.json'), 'w'))\n"}
+    results = []
+    with LocalExecutor(slots=1) as ex:
+        runner = TrialRunner(camp, ex)
+        runner.start_queued()
+        worker_pid = camp.store.trial(tid)["pid"]
+        threads = [threading.Thread(target=lambda c=c: results.append(run_smoke(spec, camp.store.env_dir, c)))
+                   for c in (hang, ok, hang, ok)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert worker_pid is None or _alive(worker_pid), "a smoke timeout killed the trial's worker"
+        runner.drain()
+    trial = camp.store.trial(tid)
+    assert trial["outcome"] == "evaluated" and trial["metric"] == 3.0 and trial["attempt"] == 0
+    assert sorted(r.ok for r in results) == [False, False, True, True]
+    assert all("did not finish" in r.message for r in results if not r.ok)
