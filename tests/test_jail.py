@@ -255,3 +255,24 @@ def test_load_env_checks_builtins(tmp_path, monkeypatch):
     with pytest.raises(EnvError, match="train.py: changed"):
         load_env("grpo-cpu")
     load_env("nanogpt-cpu")
+
+
+# -- every view says how trials were isolated -------------------------------------------------
+@pytest.mark.parametrize("forced", [False, True], ids=["detected", "forced-none"])
+def test_env_check_and_status_show_isolation(tmp_path, forced):
+    env = make_toy_env(tmp_path / "env")
+    run_env = dict(os.environ, **({"IDEAFORGE_JAIL": "none"} if forced else {}))
+    out = subprocess.run([sys.executable, "-m", "ideaforge.cli", "env", "check", str(env), "--dir", str(tmp_path / "c")],
+                         capture_output=True, text=True, timeout=120, env=run_env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    expected = "none" if forced else jail.isolation()
+    if expected == "none":
+        assert "isolation: NONE" in out.stdout and "UNISOLATED" in out.stdout
+    else:
+        assert "isolation: bubblewrap" in out.stdout and "UNISOLATED" not in out.stdout
+    from ideaforge.report.text import isolation_lines
+    from ideaforge.store import Store
+
+    lines = isolation_lines(Store.open_readonly(tmp_path / "c"))
+    assert lines[0] == f"isolation: 1 trial(s) {expected}"
+    assert any("UNISOLATED" in line for line in lines) == (expected == "none")
