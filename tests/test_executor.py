@@ -49,53 +49,70 @@ def test_baseline_trial_is_evaluated_with_curve(tmp_path):
     assert (t["dir"] / "work" / "data").is_symlink()           # data linked, not copied
 
 
+def _marker() -> str:
+    """A unique `sleep` argument: jailed processes have other pids inside, so tests find them by cmdline."""
+    return f"{1000 + int.from_bytes(os.urandom(3), 'big') / 1e7:.7f}"
+
+
+def _procs_with(arg: str) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and open(f"/proc/{d}/cmdline", "rb").read().split(b"\0")[1:2] == [arg.encode()] and _alive(int(d)):
+                out.append(int(d))
+        except OSError:
+            pass
+    return out
+
+
 def test_hung_trial_and_its_children_are_killed_at_timeout(tmp_path):
-    train = """
+    m = _marker()
+    train = f"""
     import os, subprocess, time
-    child = subprocess.Popen(["sleep", "1000"])
-    open(os.path.join(os.environ["IDEAFORGE_OUT"], "child.pid"), "w").write(str(child.pid))
+    child = subprocess.Popen(["sleep", "{m}"])
+    open(os.path.join(os.environ["IDEAFORGE_OUT"], "child.started"), "w").write("1")
     time.sleep(1000)
     """
     t0 = time.monotonic()
     t = run_one(tmp_path, train, budget_s=1, timeout_s=2)
     assert t["outcome"] == "timeout"
     assert time.monotonic() - t0 < 20
-    child = int((t["dir"] / "out" / "child.pid").read_text())
-    assert not _alive(child)
+    assert (t["dir"] / "out" / "child.started").exists()
+    assert not _procs_with(m)
 
 
 def test_grandchild_that_ignores_sigterm_and_leaves_the_session_is_gone(tmp_path):
-    train = """
+    m = _marker()
+    train = f"""
     import os, signal, time
     out = os.environ["IDEAFORGE_OUT"]
     if os.fork() == 0:
         os.setsid()                                   # escape the process group
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         if os.fork() == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            open(os.path.join(out, "grandchild.pid"), "w").write(str(os.getpid()))
-            while True:
-                time.sleep(1)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)   # survives exec
+            open(os.path.join(out, "grandchild.started"), "w").write("1")
+            os.execvp("sleep", ["sleep", "{m}"])
         os._exit(0)
     time.sleep(1000)
     """
     t = run_one(tmp_path, train, budget_s=1, timeout_s=3)
     assert t["outcome"] == "timeout"
-    pid = int((t["dir"] / "out" / "grandchild.pid").read_text())
-    assert not _alive(pid)
+    assert (t["dir"] / "out" / "grandchild.started").exists()
+    assert not _procs_with(m)
 
 
 def test_background_process_left_by_a_finished_run_is_killed(tmp_path):
-    train = """
+    m = _marker()
+    train = f"""
     import json, os, subprocess
     out = os.environ["IDEAFORGE_OUT"]
-    p = subprocess.Popen(["sleep", "1000"], start_new_session=True)
-    open(os.path.join(out, "bg.pid"), "w").write(str(p.pid))
-    json.dump({"score": 2.0}, open(os.path.join(out, "ckpt.json"), "w"))
+    p = subprocess.Popen(["sleep", "{m}"], start_new_session=True)
+    json.dump({{"score": 2.0}}, open(os.path.join(out, "ckpt.json"), "w"))
     """
     t = run_one(tmp_path, train)
     assert t["outcome"] == "evaluated"
-    assert not _alive(int((t["dir"] / "out" / "bg.pid").read_text()))
+    assert not _procs_with(m)
 
 
 def test_trial_cannot_see_credentials(tmp_path, monkeypatch):
@@ -211,3 +228,142 @@ def test_env_needing_more_gpus_than_lent_is_a_clear_error(tmp_path):
     camp = Campaign.create(tmp_path / "camp", load_env(env))
     with pytest.raises(ConfigError, match="needs 8 GPU"):
         TrialRunner(camp, LocalExecutor(slots=1, gpus=["0"]))
+
+
+# -- a run kills its own tree and nothing else (issue 16: smoke checks killed running trials) --------
+from pathlib import Path  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+
+from ideaforge.execute import jail, proctree, worker  # noqa: E402
+
+MODES = [pytest.param(False, id="unjailed"),
+         pytest.param(True, id="jailed", marks=pytest.mark.skipif(jail.isolation() != "bubblewrap",
+                                                                   reason="no bubblewrap jail on this machine"))]
+
+
+def _wait_for(cond, timeout=30.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("isolate", MODES)
+def test_concurrent_runs_in_one_process_do_not_kill_each_other(tmp_path, isolate):
+    sibling = subprocess.Popen(["sleep", "1000"])  # another child of this process, e.g. a trial's worker
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    env = {"PATH": os.environ["PATH"]}
+    results = {}
+
+    def run(name, cwd, cmd, timeout):
+        box = jail.Jail(writable=(cwd,), isolate=isolate)
+        results[name] = worker.run_group(cmd, cwd, env, timeout, cwd / "log", jail_=box)
+
+    # b runs until the test lets it go, well past a's timeout; then it must exit 0 by itself.
+    tb = threading.Thread(target=run, args=("b", b, "echo started > started; while [ ! -e go ]; do sleep 0.02; done", 120))
+    tb.start()
+    _wait_for(lambda: (b / "started").exists(), what="b to start")
+    run("a", a, "sleep 1000", 1.0)
+    try:
+        assert results["a"].timed_out and results["a"].rc is None
+        assert tb.is_alive() and "b" not in results, "a's timeout killed the concurrent run b"
+        assert sibling.poll() is None, "a's timeout killed a sibling child of the caller"
+        (b / "go").write_text("")
+        tb.join(60)
+        assert results["b"].rc == 0 and not results["b"].timed_out
+        assert sibling.poll() is None
+    finally:
+        sibling.kill()
+        sibling.wait()
+        (b / "go").write_text("")
+
+
+@pytest.mark.parametrize("isolate", MODES)
+def test_training_dies_with_a_sigkilled_worker(tmp_path, isolate, monkeypatch):
+    """A worker killed with SIGKILL leaves no training running (jailed: its whole tree)."""
+    if not isolate:
+        monkeypatch.setenv("IDEAFORGE_JAIL", "none")
+    train = """
+    import os, subprocess, time
+    out = os.environ["IDEAFORGE_OUT"]
+    kid = subprocess.Popen(["sleep", "1000"])
+    # /proc/self inside a jail is the jail's pid; the host pid is found by the marker below
+    open(os.path.join(out, "started"), "w").write("1")
+    time.sleep(1000)
+    """
+    env_dir = make_toy_env(tmp_path / "env", train, budget_s=100, timeout_s=300)
+    camp = Campaign.create(tmp_path / "camp", load_env(env_dir))
+    tid = camp.store.add_trial("candidate", seed=3, budget_s=camp.spec.budget_s)
+    tdir = camp.prepare_trial_dir(camp.store.trial(tid))
+    marker = f"ideaforge-marker-{os.getpid()}"
+    job = json.loads((tdir / "job.json").read_text())
+    job["run_command"] = f"python train.py {marker}"
+    (tdir / "job.json").write_text(json.dumps(job))
+    from ideaforge.execute.local import _spawn_worker
+    w = _spawn_worker() if not isolate else _spawn_worker()
+    w.stdin.write((json.dumps({"dir": str(tdir), "gpus": []}) + "\n").encode())
+    w.stdin.flush()
+    _wait_for(lambda: (tdir / "out" / "started").exists(), 60, "training to start")
+
+    def training_pids():
+        pids = []
+        for d in os.listdir("/proc"):
+            try:
+                if d.isdigit() and marker.encode() in open(f"/proc/{d}/cmdline", "rb").read() and _alive(int(d)):
+                    pids.append(int(d))
+            except OSError:
+                pass
+        return pids
+
+    assert training_pids()
+    kids = [p for t in training_pids() for p in proctree.descendants(t)]
+    os.kill(w.pid, 9)
+    w.wait()
+    _wait_for(lambda: not training_pids(), 20, "training to die with its worker")
+    if isolate:  # jailed, the whole tree goes; unjailed only the training process carries the signal
+        _wait_for(lambda: not any(_alive(p) for p in kids), 20, f"training's children to die: {[(p, open(f'/proc/{p}/cmdline').read()[:80], open(f'/proc/{p}/stat').read()[:60]) for p in kids if _alive(p)]}")
+    for p in kids:  # unjailed leftovers: the test cleans up after itself
+        try:
+            os.kill(p, 9)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.mark.slow
+def test_smoke_timeouts_in_the_controller_leave_running_trials_alone(tmp_path):
+    """Issue 16 item 1: smoke checks run in the controller beside the campaign's workers; their
+    timeouts must not kill the workers (the trial would restart silently) nor each other."""
+    from ideaforge.execute.smoke import run_smoke
+
+    train = """
+    import json, os, time
+    time.sleep(4)
+    json.dump({"score": 3.0}, open(os.path.join(os.environ["IDEAFORGE_OUT"], "ckpt.json"), "w"))
+    """
+    env_dir = make_toy_env(tmp_path / "env", train, budget_s=20, timeout_s=60,
+                           extra_toml="[smoke]\nbudget_s = 1\ntimeout_s = 1.5\n")
+    spec = load_env(env_dir)
+    camp = Campaign.create(tmp_path / "camp", spec)
+    tid = camp.store.add_trial("candidate", seed=0, budget_s=spec.budget_s)
+    hang = {"train.py": "import time\ntime.sleep(100)\n"}
+    ok = {"train.py": "import json, os\njson.dump({}, open(os.path.join(os.environ['IDEAFORGE_OUT'], 'c.json'), 'w'))\n"}
+    results = []
+    with LocalExecutor(slots=1) as ex:
+        runner = TrialRunner(camp, ex)
+        runner.start_queued()
+        worker_pid = camp.store.trial(tid)["pid"]
+        threads = [threading.Thread(target=lambda c=c: results.append(run_smoke(spec, camp.store.env_dir, c)))
+                   for c in (hang, ok, hang, ok)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert worker_pid is None or _alive(worker_pid), "a smoke timeout killed the trial's worker"
+        runner.drain()
+    trial = camp.store.trial(tid)
+    assert trial["outcome"] == "evaluated" and trial["metric"] == 3.0 and trial["attempt"] == 0
+    assert sorted(r.ok for r in results) == [False, False, True, True]
+    assert all("did not finish" in r.message for r in results if not r.ok)

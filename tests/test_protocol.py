@@ -169,8 +169,12 @@ client.info()  # waits for a hello that never comes: the evaluator timeout ends 
 """
 
 
-def test_worker_runs_split_halves_and_kills_the_server_at_the_timeout(tmp_path):
+def test_worker_runs_split_halves_and_kills_the_server_at_the_timeout(tmp_path, monkeypatch):
     import time
+
+    # The server leaves its host pid in IDEAFORGE_OUT so the test can check it died; a jailed server
+    # can write neither there nor a host pid (test_jail.py proves jailed trees die), so this runs unjailed.
+    monkeypatch.setenv("IDEAFORGE_JAIL", "none")
 
     from fakes.toyenv import make_toy_env
     from ideaforge.envs import load_env

@@ -42,7 +42,9 @@ ray.shutdown()
 @pytest.fixture(scope="module")
 def cluster():
     """The GCS address of a local cluster whose workers inherit (fake) credentials."""
-    env = dict(os.environ, **{k: "sk-do-not-leak" for k in SECRETS})
+    # These tests watch trial processes by host pid and count runs in files outside the trial,
+    # which the jail forbids; the jail itself is tested in test_jail.py and test_attacks.py.
+    env = dict(os.environ, IDEAFORGE_JAIL="none", **{k: "sk-do-not-leak" for k in SECRETS})
     holder = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.DEVNULL, text=True, env=env)
     address = holder.stdout.readline().strip()

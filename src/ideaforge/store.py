@@ -156,6 +156,11 @@ MIGRATIONS: list[str] = [
         UNIQUE (step, idx)
     );
     """,
+    # 5: how each trial was isolated ("bubblewrap" | "none") and its harness-measured CPU seconds
+    """
+    ALTER TABLE trials ADD COLUMN isolation TEXT;
+    ALTER TABLE trials ADD COLUMN train_cpu_s REAL;
+    """,
 ]
 
 LOCK_NAME = "controller.lock"
@@ -163,7 +168,7 @@ LOCK_NAME = "controller.lock"
 TRIAL_FIELDS = (
     "id", "implementation_id", "role", "seed", "budget_s", "status", "outcome", "metric",
     "metrics", "curve", "reason", "exit_code", "train_s", "eval_s", "pid", "attempt",
-    "created", "started", "ended", "requeues",
+    "created", "started", "ended", "requeues", "isolation", "train_cpu_s",
 )
 
 
@@ -391,12 +396,13 @@ class Store:
                              f"(the outcomes are {', '.join(OUTCOMES)})")
         cur = self.execute(
             """UPDATE trials SET status='done', outcome=?, metric=?, metrics=?, curve=?, reason=?,
-                   exit_code=?, train_s=?, eval_s=?, ended=?
+                   exit_code=?, train_s=?, eval_s=?, ended=?, isolation=?, train_cpu_s=?
                WHERE id=? AND status != 'done'""",
             (
                 record["outcome"], record.get("metric"), json.dumps(record.get("metrics", {})),
                 json.dumps(record.get("curve", [])), record.get("reason"), record.get("exit_code"),
-                record.get("train_s"), record.get("eval_s"), record.get("ended_at", time.time()), trial_id,
+                record.get("train_s"), record.get("eval_s"), record.get("ended_at", time.time()),
+                record.get("isolation"), record.get("train_cpu_s"), trial_id,
             ),
         )
         return cur.rowcount == 1

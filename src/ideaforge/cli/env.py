@@ -94,6 +94,9 @@ def env_check(
     budget_s = budget or min(spec.budget_s, CHECK_BUDGET_S)
     say(f"{spec.name}: spec valid ({len(spec.editable_files)} editable, {len(spec.visible_files)} visible, "
         f"{len(spec.hidden_files)} hidden files, {len(spec.data_paths)} data paths)")
+    from ideaforge.execute.jail import isolation_line
+
+    say(isolation_line())
     tmp = None
     root = dir if dir else Path(tmp := tempfile.mkdtemp(prefix=f"ideaforge-check-{spec.name}-"))
     try:

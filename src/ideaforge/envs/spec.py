@@ -35,6 +35,7 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool, object]]] = {
         "command": (str, True, None),
         "budget_s": ((int, float), True, None),
         "timeout_s": ((int, float), False, None),
+        "budget_clock": (str, False, "wall"),
     },
     "evaluate": {"command": (str, True, None), "timeout_s": ((int, float), False, 300), "serve": (str, False, None)},
     "smoke": {
@@ -44,7 +45,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool, object]]] = {
     },
     "prepare": {"command": (str, False, None), "timeout_s": ((int, float), False, 600)},
     "metric": {"name": (str, True, None), "goal": (str, True, None)},
-    "resources": {"cpus": (int, False, 1), "gpus": (int, False, 0), "memory_gb": ((int, float), False, None)},
+    "resources": {"cpus": (int, False, 1), "gpus": (int, False, 0), "memory_gb": ((int, float), False, None),
+                  "network": (bool, False, False)},
     "rules": {"text": (list, False, [])},
 }
 _REQUIRED_SECTIONS = ("env", "files", "run", "evaluate", "metric")
@@ -88,6 +90,8 @@ class EnvSpec:
     prepare_timeout_s: float = 600.0
     evaluate_serve: str | None = None  # untrusted model server of a split evaluator (envs/protocol.py)
     rules: tuple[str, ...] = ()
+    budget_clock: str = "wall"  # what budget_s counts: "wall" seconds or the training tree's "cpu" seconds
+    network: bool = False  # trials may reach the network (otherwise a private loopback only)
     files: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
     profile: str | None = None  # the [profile.NAME] applied, None for the plain spec
     profiles: tuple[str, ...] = ()  # every profile the spec defines
@@ -211,6 +215,9 @@ def load_env(name_or_path: str | Path, profile: str | None = None) -> EnvSpec:
     """Load and validate an environment, with `[profile.<profile>]` applied when one is named;
     every problem is an EnvError naming file, field and fix."""
     root = resolve_env_dir(name_or_path)
+    if root.parent == BUILTIN_DIR.resolve():
+        from ideaforge.envs.manifest import verify_builtin  # a tampered install is refused before use
+        verify_builtin(root)
     path = root / SPEC_NAME
     try:
         raw = tomllib.loads(path.read_text())
@@ -238,6 +245,9 @@ def load_env(name_or_path: str | Path, profile: str | None = None) -> EnvSpec:
         raise EnvError(f"{path}: [run] timeout_s = {timeout} must exceed budget_s = {budget}; the timeout is the hard kill, the budget what training may use")
     if vals["resources.cpus"] < 1 or vals["resources.gpus"] < 0:
         raise EnvError(f"{path}: [resources] needs cpus >= 1 and gpus >= 0")
+
+    if vals["run.budget_clock"] not in ("wall", "cpu"):
+        raise EnvError(f"{path}: [run] budget_clock = {vals['run.budget_clock']!r}; write \"wall\" (wall-clock seconds) or \"cpu\" (the training tree's CPU seconds, measured by the harness)")
 
     files: dict[str, tuple[str, ...]] = {}
     owner: dict[str, str] = {}
@@ -299,6 +309,8 @@ def load_env(name_or_path: str | Path, profile: str | None = None) -> EnvSpec:
         prepare_command=vals["prepare.command"],
         prepare_timeout_s=float(vals["prepare.timeout_s"]),
         rules=tuple(rules),
+        budget_clock=vals["run.budget_clock"],
+        network=vals["resources.network"],
         files=files,
         profile=profile,
         profiles=tuple(profiles),
@@ -367,7 +379,7 @@ def _check_schema(path: Path, raw: dict) -> dict[str, object]:
                 vals[f"{section}.{key}"] = default
                 continue
             v = table[key]
-            if isinstance(v, bool) or not isinstance(v, typ):
+            if (isinstance(v, bool) and typ is not bool) or not isinstance(v, typ):
                 want = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
                 raise EnvError(f"{path}: [{section}] {key} = {v!r} should be a {want}")
             vals[f"{section}.{key}"] = v

@@ -28,6 +28,8 @@ class Job:
     role: str = "candidate"
     evaluate_serve: str | None = None  # split evaluator: the untrusted model server's command (envs/protocol.py)
     env: dict[str, str] = field(default_factory=dict)  # the environment profile's variables
+    budget_clock: str = "wall"   # what budget_s counts: "wall" or the training tree's "cpu" seconds
+    network: bool = False        # the jail keeps the host network
 
     @classmethod
     def load(cls, trial_dir: Path) -> "Job":

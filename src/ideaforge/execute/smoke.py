@@ -1,8 +1,8 @@
 """The smoke check: a few training steps of an edited workspace, before a trial is spent.
 
 It runs the environment's `[smoke]` command (or its run command) on a tiny budget,
-with the same isolation as a trial (own session, credentials stripped, threads
-pinned, process tree killed at the timeout), and reports the log tail on failure,
+in the same jail as a trial (execute/jail.py: allow-listed environment, threads
+pinned, no network, only its workspace writable, process tree killed at the timeout), and reports the log tail on failure,
 written for the model that has to fix it.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from ideaforge.envs.spec import EnvSpec
 from ideaforge.envs.workspace import build_workspace
 from ideaforge.execute.job import Job
-from ideaforge.execute.worker import run_group, tail, trial_environ
+from ideaforge.execute.worker import budget_grace_s, run_group, tail, trial_environ, trial_jail
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,19 @@ def run_smoke(spec: EnvSpec, source: Path, changes: dict[str, str | None], prepa
                   timeout_s=spec.smoke_timeout_s, evaluate_timeout_s=0, seed=0, cpus=spec.cpus, gpus=0,
                   metric=spec.metric, hidden_src="", prepared=str(prepared) if prepared else None,
                   data={rel: str((spec.root / rel).resolve()) for rel in spec.data_paths}, role="smoke",
-                  env=dict(spec.env))
-        env = trial_environ(job, tdir, [])
-        rc, timed_out, secs = run_group(command, tdir / "work", env, spec.smoke_timeout_s, tdir / "smoke", spec.memory_gb)
+                  env=dict(spec.env), budget_clock=spec.budget_clock, network=spec.network)
+        box = trial_jail(job, tdir, [], [tdir / "work", tdir / "out"])  # the same jail as a trial's training
+        env = trial_environ(job, tdir, [], jailed=box.isolation == "bubblewrap")
+        cpu_limit = spec.smoke_budget_s + budget_grace_s(spec.smoke_budget_s) if spec.budget_clock == "cpu" else None
+        run = run_group(command, tdir / "work", env, spec.smoke_timeout_s, tdir / "smoke", spec.memory_gb,
+                        jail_=box, cpu_limit_s=cpu_limit)
+        rc, timed_out, secs = run.rc, run.timed_out, run.seconds
         log = tail(tdir / "smoke.err", 30) or tail(tdir / "smoke.out", 30)
+        if run.over_cpu:
+            return SmokeResult(False, secs, f"the smoke run (`{command}` with a {spec.smoke_budget_s:g} s CPU budget) "
+                                            f"used {run.cpu_s:.1f} CPU s and was stopped: training must stop by itself "
+                                            f"when it has used IDEAFORGE_BUDGET_S seconds of CPU time "
+                                            f"(IDEAFORGE_BUDGET_CLOCK=cpu; time.process_time()).\n{log}")
         if timed_out:
             return SmokeResult(False, secs, f"the smoke run (`{command}` with a {spec.smoke_budget_s:.0f} s budget) "
                                             f"did not finish within {spec.smoke_timeout_s:.0f} s: training must stop by "

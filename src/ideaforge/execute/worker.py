@@ -25,98 +25,105 @@ import os
 import re
 import resource
 import select
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
+from typing import NamedTuple
 
+from ideaforge.execute import jail
 from ideaforge.execute.job import Job, atomic_write_json
+from ideaforge.execute.proctree import (RUN_TOKEN, become_subreaper, carrying, descendants, die_with_parent,
+                                        tree_cpu_s)
 
-# Environment variables never passed to a trial: credentials by name pattern.
-_SECRET = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|ACCESS_?KEY|AUTH)", re.I)
-_SECRET_PREFIXES = ("AWS_", "ANTHROPIC_", "OPENAI_", "AZURE_", "GOOGLE_", "GCP_", "HF_", "HUGGING", "WANDB_", "SSH_")
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
-                "VECLIB_MAXIMUM_THREADS", "IDEAFORGE_THREADS")
 _OOM_LINE = re.compile(r"^([\w.]+\.)?(MemoryError|OutOfMemoryError)\b", re.M)
 _METRIC_LINE = re.compile(r"^METRIC\s+(.*)$")
+_PLAIN = re.compile(r"[\w./=:@%+,-]+( +[\w./=:@%+,-]+)*")  # no quoting, globs, redirects or operators
 TAIL_LINES = 40
 GRACE_S = 2.0  # SIGTERM -> SIGKILL grace when a timeout hits, seconds
+CPU_POLL_S = 0.5  # how often the training tree's CPU time is read under a CPU budget, seconds
 
-_current: subprocess.Popen | None = None
-
-
-def clean_environ(base: dict[str, str]) -> dict[str, str]:
-    """The controller's environment without credentials or the controller's own IDEAFORGE_ settings."""
-    out = {}
-    for k, v in base.items():
-        if _SECRET.search(k) or k.upper().startswith(_SECRET_PREFIXES):
-            continue
-        if k.startswith("IDEAFORGE_") and k != "IDEAFORGE_CACHE":
-            continue
-        out[k] = v
-    return out
+_running: dict[subprocess.Popen, str | None] = {}  # runs in progress -> run token (Ray runs several in threads)
+_running_lock = threading.Lock()
+# Only a dedicated worker process (one run at a time, a child subreaper) may sweep up every
+# descendant of itself; anywhere else (the controller's smoke checks) a run kills its own tree.
+_dedicated = False
 
 
-def trial_environ(job: Job, trial_dir: Path, gpu_ids: list[str]) -> dict[str, str]:
-    env = clean_environ(dict(os.environ))
-    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+def budget_grace_s(budget_s: float) -> float:
+    """Seconds a run may go past its budget before it is invalid: interpreter start, imports, saving."""
+    return max(5.0, 0.2 * budget_s)
+
+
+def trial_environ(job: Job, trial_dir: Path, gpu_ids: list[str], jailed: bool | None = None) -> dict[str, str]:
+    """A trial's whole environment, from an allow-list (locale, PATH, threads, IDEAFORGE_*), never by stripping."""
+    if jailed is None:
+        jailed = jail.isolation() == "bubblewrap"
+    env = jail.allowed_environ(os.environ)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "/usr/bin:/bin")
     env["PYTHONUNBUFFERED"] = "1"
-    for var in _THREAD_VARS:
+    for var in jail.THREAD_VARS:
         env[var] = str(job.cpus)
     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpu_ids)
     env["IDEAFORGE_GPUS"] = str(len(gpu_ids))
     env["IDEAFORGE_OUT"] = str(trial_dir / "out")
     env["IDEAFORGE_BUDGET_S"] = repr(float(job.budget_s))
+    env["IDEAFORGE_BUDGET_CLOCK"] = job.budget_clock
     env["IDEAFORGE_SEED"] = str(job.seed)
+    if jailed:
+        env["HOME"] = jail.JAIL_HOME
+    else:  # a writable HOME of its own, never the user's
+        (trial_dir / "home").mkdir(exist_ok=True)
+        env["HOME"] = str(trial_dir / "home")
     if job.data:
-        env["IDEAFORGE_DATA"] = next(iter(job.data.values()))
+        env["IDEAFORGE_DATA"] = _data_mounts(job)[0][0] if jailed else next(iter(job.data.values()))
     if job.prepared:
         env["IDEAFORGE_PREPARED"] = job.prepared
     env.update(job.env)  # the profile's variables; spec.py refuses IDEAFORGE_* and the ones set above
     return env
 
 
-# -- process-tree control ---------------------------------------------------------------
-def _become_subreaper() -> None:
-    """Orphaned descendants (even ones that setsid away) get re-parented to us, so we can kill them."""
-    import ctypes  # here, not at the top: every worker start pays for top-level imports
-
-    try:
-        PR_SET_CHILD_SUBREAPER = 36
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: process-group kill still applies
+def _data_mounts(job: Job) -> list[tuple[str, str]]:
+    """(path inside the jail, host path) of each data path: one alone at /data, several at /data/<rel>."""
+    if len(job.data) == 1:
+        return [(jail.DATA_MOUNT, next(iter(job.data.values())))]
+    return [(f"{jail.DATA_MOUNT}/{rel}", src) for rel, src in job.data.items()]
 
 
-def _descendants(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, stack = [], [root]
-    while stack:
-        for c in children.get(stack.pop(), []):
-            out.append(c)
-            stack.append(c)
-    return out
+def trial_jail(job: Job, trial_dir: Path, gpu_ids: list[str], writable: list[Path],
+               readonly: dict[str, Path] | None = None) -> jail.Jail:
+    """The jail of one run of a trial: `writable` and the environment's data (read-only) and nothing else."""
+    ro: dict[str, Path] = {}
+    for dest, src in _data_mounts(job):
+        ro[dest] = Path(src)
+        ro[str(Path(src).resolve())] = Path(src)  # where the workspace's data link points
+    if job.prepared:
+        ro[job.prepared] = Path(job.prepared)
+    ro.update(readonly or {})
+    hide = [trial_dir.parent] + ([Path(job.hidden_src).parent] if job.hidden_src else [])
+    return jail.Jail(writable=tuple(writable), readonly=ro, network=job.network, gpu_ids=tuple(gpu_ids),
+                     hide=tuple(hide))
 
 
-def _kill_tree(proc: subprocess.Popen | None, sig: int) -> None:
+# -- process-tree control (the /proc reading is in proctree.py) -----------------------------
+def _kill_tree(proc: subprocess.Popen | None, sig: int, token: str | None = None) -> None:
+    """Signal `proc`'s own process group and tree (and, unjailed, whatever carries its run token);
+    in a dedicated worker, every descendant too."""
+    pids = set(descendants(os.getpid())) if _dedicated else set()
+    if token:
+        pids |= carrying(token) - {os.getpid()}
     if proc is not None:
+        pids |= set(descendants(proc.pid))
         try:
             os.killpg(proc.pid, sig)
         except (ProcessLookupError, PermissionError):
             pass
-    for pid in _descendants(os.getpid()):
+    for pid in pids:
         try:
             os.kill(pid, sig)
         except (ProcessLookupError, PermissionError):
@@ -124,7 +131,8 @@ def _kill_tree(proc: subprocess.Popen | None, sig: int) -> None:
 
 
 def _reap() -> None:
-    while True:
+    """Collect re-parented orphans; only in a dedicated worker (elsewhere it would steal others' children)."""
+    while _dedicated:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
@@ -133,58 +141,106 @@ def _reap() -> None:
             return
 
 
-def _limits(memory_gb: float | None):
+def _child_setup(memory_gb: float | None):
     def apply() -> None:
+        die_with_parent()
         if memory_gb:
             cap = int(memory_gb * (1 << 30))
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     return apply
 
 
-def _wait(proc: subprocess.Popen, timeout_s: float) -> int | None:
-    """Exit code, or None at the timeout. A pidfd wakes us at exit (Popen.wait polls in sleeps)."""
+def _command(cmd: str) -> list[str]:
+    """A plain `prog arg ...` runs without a shell in between, so the training process itself
+    carries the die-with-parent signal (unjailed, that is all that ties it to the worker)."""
+    if _PLAIN.fullmatch(cmd.strip()):
+        return shlex.split(cmd)
+    return ["/bin/sh", "-c", cmd]
+
+
+class Run(NamedTuple):
+    rc: int | None      # exit code; None when killed by us
+    timed_out: bool     # killed at the wall-clock timeout
+    seconds: float      # wall seconds
+    cpu_s: float        # user+system CPU seconds of the whole tree, measured here
+    over_cpu: bool      # killed for passing cpu_limit_s
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, cpu_limit_s: float | None) -> tuple[str, float]:
+    """("exited" | "timeout" | "cpu", CPU seconds seen while polling). A pidfd wakes us at exit."""
+    deadline = time.monotonic() + timeout_s
+    cpu = 0.0
     try:
         fd = os.pidfd_open(proc.pid)
     except (AttributeError, OSError):
-        try:
-            return proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None
+        fd = None
     try:
-        ready, _, _ = select.select([fd], [], [], timeout_s)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return "timeout", cpu
+            step = min(left, CPU_POLL_S) if cpu_limit_s is not None else left
+            if fd is not None:
+                if select.select([fd], [], [], step)[0]:
+                    return "exited", cpu
+            else:
+                try:
+                    proc.wait(timeout=step)
+                    return "exited", cpu
+                except subprocess.TimeoutExpired:
+                    pass
+            if cpu_limit_s is not None:
+                cpu = max(cpu, tree_cpu_s(proc.pid))
+                if cpu > cpu_limit_s:
+                    return "cpu", cpu
     finally:
-        os.close(fd)
-    return proc.wait() if ready else None
+        if fd is not None:
+            os.close(fd)
+
+
+def _collect(proc: subprocess.Popen) -> tuple[int, float]:
+    """Reap our child with wait4: its exit code and the CPU seconds of everything it reaped."""
+    try:
+        _, status, ru = os.wait4(proc.pid, 0)
+    except ChildProcessError:  # already reaped
+        return proc.wait(), 0.0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, ru.ru_utime + ru.ru_stime
 
 
 def run_group(cmd: str, cwd: Path, env: dict[str, str], timeout_s: float, log_prefix: Path,
-              memory_gb: float | None = None) -> tuple[int | None, bool, float]:
-    """Run `cmd` in its own session; kill the whole tree at the timeout and afterwards.
+              memory_gb: float | None = None, *, jail_: jail.Jail | None = None,
+              cpu_limit_s: float | None = None) -> Run:
+    """Run `cmd` jailed (see execute/jail.py) in its own session; kill its own tree at the timeout
+    (wall seconds), when its CPU seconds pass `cpu_limit_s`, and whatever it leaves behind.
 
-    Returns (exit code or None when killed by us, timed_out, seconds).
+    Only this run's processes are ever signalled (its process group, its tree, its jail),
+    so concurrent runs in one process and the caller's other children are safe.
     """
-    global _current
+    jail_ = jail_ or jail.Jail(writable=(Path(cwd),))
+    token = None
+    if jail_.isolation != "bubblewrap":  # a jail's PID namespace takes everything down; unjailed, mark the run
+        token = os.urandom(8).hex()
+        env = dict(env, **{RUN_TOKEN: token})
+    argv = jail_.argv(_command(cmd), cwd=Path(cwd), env=env)
     t0 = time.monotonic()
     with open(f"{log_prefix}.out", "wb") as out, open(f"{log_prefix}.err", "wb") as err:
-        proc = subprocess.Popen(["/bin/sh", "-c", cmd], cwd=cwd, env=env, stdout=out, stderr=err,
-                                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_limits(memory_gb))
-        _current = proc
-        timed_out = False
-        rc = _wait(proc, timeout_s)
-        if rc is None:
-            timed_out = True
-            _kill_tree(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=GRACE_S)
-            except subprocess.TimeoutExpired:
-                pass
-            rc = None
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=_child_setup(memory_gb))
+        with _running_lock:
+            _running[proc] = token
+        how, cpu_seen = _wait(proc, timeout_s, cpu_limit_s)
+        if how != "exited":
+            _kill_tree(proc, signal.SIGTERM, token)
+            _wait(proc, GRACE_S, None)  # without reaping: the tree's rusage is read below
         # Whatever it left behind (background children, grandchildren that ignore SIGTERM) dies too.
-        _kill_tree(proc, signal.SIGKILL)
-        proc.wait()
+        _kill_tree(proc, signal.SIGKILL, token)
+        rc, cpu_reaped = _collect(proc) if proc.returncode is None else (proc.returncode, 0.0)
         _reap()
-        _current = None
-    return rc, timed_out, time.monotonic() - t0
+        with _running_lock:
+            _running.pop(proc, None)
+    return Run(None if how != "exited" else rc, how == "timeout", time.monotonic() - t0,
+               max(cpu_seen, cpu_reaped), how == "cpu")
 
 
 # -- reading what a run left ------------------------------------------------------------
@@ -224,20 +280,33 @@ def parse_curve(path: Path, limit: int = 2000) -> list[dict[str, float]]:
     return points
 
 
-def _classify_train(rc: int | None, timed_out: bool, err_tail: str, timeout_s: float) -> tuple[str, str] | None:
-    if timed_out:
-        return "timeout", f"training outlived the hard timeout of {timeout_s:.0f} s and was killed with its process tree"
+def _classify_train(run: Run, err_tail: str, job: Job) -> tuple[str, str] | None:
+    if run.timed_out:
+        return "timeout", f"training outlived the hard timeout of {job.timeout_s:.0f} s and was killed with its process tree"
+    used = run.cpu_s if job.budget_clock == "cpu" else run.seconds
+    grace = budget_grace_s(job.budget_s)
+    if run.over_cpu or used > job.budget_s + grace:
+        unit = "CPU s" if job.budget_clock == "cpu" else "s"
+        return "invalid", (f"trained {used:.1f} {unit} on a {job.budget_s:g} {unit} budget (the harness's "
+                           f"{job.budget_clock} clock; {grace:g} s grace)" + (", killed" if run.over_cpu else ""))
+    rc = run.rc
+    if rc is not None and 128 < rc < 128 + signal.NSIG:  # a jail or shell reports a child's signal N as 128+N
+        rc = -(rc - 128)
     if rc == 0:
         return None
     if _OOM_LINE.search(err_tail) or rc == -signal.SIGKILL:
         why = "killed with SIGKILL, most likely by the kernel's out-of-memory killer" if rc == -signal.SIGKILL else "ran out of memory"
         return "oom", f"training {why} (exit {rc})\n{err_tail}"
     if rc is not None and rc < 0:
-        return "failed", f"training was killed by signal {signal.Signals(-rc).name}\n{err_tail}"
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = str(-rc)
+        return "failed", f"training was killed by signal {name}\n{err_tail}"
     return "failed", f"training exited with code {rc}\n{err_tail}"
 
 
-def _evaluate(job: Job, trial_dir: Path, env: dict[str, str]) -> dict:
+def _evaluate(job: Job, trial_dir: Path, env: dict[str, str], gpu_ids: list[str]) -> dict:
     eval_dir = trial_dir / "eval"
     if eval_dir.exists():
         shutil.rmtree(eval_dir)
@@ -245,11 +314,20 @@ def _evaluate(job: Job, trial_dir: Path, env: dict[str, str]) -> dict:
     copy_hidden_from_snapshot(job, eval_dir)
     result_path = eval_dir / f"result-{os.urandom(8).hex()}.json"  # unguessable, created only now
     scorer_env = dict(env, IDEAFORGE_WORKSPACE=str(trial_dir / "work"), IDEAFORGE_RESULT=str(result_path))
-    if job.evaluate_serve:  # split evaluator: the edited code runs only in the (jailed) model server
-        rc, timed_out, secs = _run_split(job, trial_dir, eval_dir, env, scorer_env)
+    if job.evaluate_serve:  # split evaluator: the edited code runs only in the jailed model server
+        # The scorer is trusted and runs unjailed, so it gets the host's paths (IDEAFORGE_DATA...).
+        host_env = dict(trial_environ(job, trial_dir, gpu_ids, jailed=False),
+                        IDEAFORGE_WORKSPACE=str(trial_dir / "work"), IDEAFORGE_RESULT=str(result_path))
+        rc, timed_out, secs = _run_split(job, trial_dir, eval_dir, env, host_env, gpu_ids)
     else:
-        rc, timed_out, secs = run_group(job.evaluate_command, eval_dir, scorer_env, job.evaluate_timeout_s,
-                                        trial_dir / "eval", job.memory_gb)
+        # An evaluator that imports the edited model code itself is jailed too: it may write only
+        # its own directory, and reads the workspace and the checkpoint.
+        scorer_env["PYTHONPATH"] = str(jail.package_parent())
+        box = trial_jail(job, trial_dir, gpu_ids, [eval_dir], {str(trial_dir / "work"): trial_dir / "work",
+                                                               str(trial_dir / "out"): trial_dir / "out"})
+        run = run_group(job.evaluate_command, eval_dir, scorer_env, job.evaluate_timeout_s, trial_dir / "eval",
+                        job.memory_gb, jail_=box)
+        rc, timed_out, secs = run.rc, run.timed_out, run.seconds
     rec: dict = {"eval_s": round(secs, 3)}
     log = tail(trial_dir / "eval.err", 20)
     if job.evaluate_serve:
@@ -263,57 +341,48 @@ def _evaluate(job: Job, trial_dir: Path, env: dict[str, str]) -> dict:
     return rec | _interpret(result, job.metric)
 
 
-def _untrusted_argv(argv: list[str], *, cwd: Path, readonly: dict[str, str], env: dict[str, str],
-                    gpu_ids: tuple[str, ...] = ()) -> list[str]:
-    """The argv that runs an untrusted command (the model server of a split evaluator).
-
-    TODO(lead, at merge): return jail_argv(argv, cwd=cwd, writable=(), readonly=readonly, env=env,
-    network=False, gpu_ids=gpu_ids) from execute/jail.py. Until then it runs unjailed, like training.
-    """
-    return argv
-
-
-def _run_split(job: Job, trial_dir: Path, eval_dir: Path, env: dict[str, str],
-               scorer_env: dict[str, str]) -> tuple[int | None, bool, float]:
-    """Start the model server (untrusted: the training workspace, IDEAFORGE_OUT readable,
-    stdin/stdout the pipes) and the trusted scorer (the eval dir with the hidden files,
-    the other pipe ends in IDEAFORGE_MODEL_FDS). Both die at the evaluator timeout, and the
-    server dies with the scorer in any case. Returns the scorer's (exit code, timed_out, seconds)."""
+def _run_split(job: Job, trial_dir: Path, eval_dir: Path, env: dict[str, str], scorer_env: dict[str, str],
+               gpu_ids: list[str]) -> tuple[int | None, bool, float]:
+    """Start the model server (untrusted, jailed: the training workspace and IDEAFORGE_OUT read-only,
+    stdin/stdout the pipes) and the trusted scorer (unjailed: it never imports edited code; the eval
+    dir with the hidden files, the other pipe ends in IDEAFORGE_MODEL_FDS). Both die at the
+    evaluator timeout, and the server dies with the scorer in any case. Returns the scorer's
+    (exit code, timed_out, seconds)."""
     from ideaforge.envs.protocol import start_split
 
-    global _current
-    work = trial_dir / "work"
-    argv = _untrusted_argv(["/bin/sh", "-c", job.evaluate_serve], cwd=work, env=env,
-                           readonly={str(trial_dir / "out"): str(trial_dir / "out")},
-                           gpu_ids=tuple(env.get("CUDA_VISIBLE_DEVICES", "").split(",")) if job.gpus else ())
+    work, out_dir = trial_dir / "work", trial_dir / "out"
+    box = trial_jail(job, trial_dir, gpu_ids, [], {str(work): work, str(out_dir): out_dir})
+    serve_env = dict(env, PYTHONPATH=str(jail.package_parent()))  # the server is ideaforge.envs.protocol
+    token = None
+    if box.isolation != "bubblewrap":  # unjailed, the run token finds what the server leaves behind
+        token = os.urandom(8).hex()
+        serve_env[RUN_TOKEN] = token
+    argv = box.argv(_command(job.evaluate_serve), cwd=work, env=serve_env)
     t0 = time.monotonic()
     with open(trial_dir / "serve.err", "wb") as serr, open(trial_dir / "eval.out", "wb") as out, \
             open(trial_dir / "eval.err", "wb") as err:
         server, scorer = start_split(
             argv, ["/bin/sh", "-c", job.evaluate_command],
-            serve_kw=dict(cwd=work, env=env, stderr=serr, start_new_session=True, preexec_fn=_limits(job.memory_gb)),
+            serve_kw=dict(cwd=work, env=serve_env, stderr=serr, start_new_session=True,
+                          preexec_fn=_child_setup(job.memory_gb)),
             scorer_kw=dict(cwd=eval_dir, env=scorer_env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                           start_new_session=True, preexec_fn=_limits(job.memory_gb)))
-        _current = scorer
-        rc = _wait(scorer, job.evaluate_timeout_s)
-        timed_out = rc is None
-        if timed_out:
+                           start_new_session=True, preexec_fn=_child_setup(job.memory_gb)))
+        with _running_lock:
+            _running[server] = token
+            _running[scorer] = None
+        how, _ = _wait(scorer, job.evaluate_timeout_s, None)
+        if how != "exited":
             _kill_tree(scorer, signal.SIGTERM)
-            try:
-                scorer.wait(timeout=GRACE_S)
-            except subprocess.TimeoutExpired:
-                pass
-        for proc in (server, scorer):  # the server never outlives the evaluation
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-        _kill_tree(scorer, signal.SIGKILL)
+            _wait(scorer, GRACE_S, None)
+        for proc, tok in ((server, token), (scorer, None)):  # the server never outlives the evaluation
+            _kill_tree(proc, signal.SIGKILL, tok)
         server.wait()
-        scorer.wait()
+        rc = scorer.wait()
         _reap()
-        _current = None
-    return rc, timed_out, time.monotonic() - t0
+        with _running_lock:
+            _running.pop(server, None)
+            _running.pop(scorer, None)
+    return (rc if how == "exited" else None), how != "exited", time.monotonic() - t0
 
 
 def copy_hidden_from_snapshot(job: Job, dest: Path) -> None:
@@ -353,23 +422,27 @@ def run_trial(trial_dir: Path, gpu_ids: list[str] | None = None) -> dict:
     gpu_ids = gpu_ids or []
     atomic_write_json(trial_dir / "worker.json", {"pid": os.getpid(), "started_at": time.time(), "gpus": gpu_ids},
                       durable=False)
-    _become_subreaper()
+    become_subreaper()
     started = time.time()
     out_dir = trial_dir / "out"
-    if out_dir.exists():
+    if out_dir.exists():  # a retry starts from a fresh out/
         shutil.rmtree(out_dir)
     out_dir.mkdir()
-    env = trial_environ(job, trial_dir, gpu_ids)
-    rc, timed_out, train_s = run_group(job.run_command, trial_dir / "work", env, job.timeout_s,
-                                       trial_dir / "train", job.memory_gb)
-    record: dict = {"trial_id": job.trial_id, "exit_code": rc, "train_s": round(train_s, 3),
+    box = trial_jail(job, trial_dir, gpu_ids, [trial_dir / "work", out_dir])
+    env = trial_environ(job, trial_dir, gpu_ids, jailed=box.isolation == "bubblewrap")
+    cpu_limit = job.budget_s + budget_grace_s(job.budget_s) if job.budget_clock == "cpu" else None
+    run = run_group(job.run_command, trial_dir / "work", env, job.timeout_s, trial_dir / "train", job.memory_gb,
+                    jail_=box, cpu_limit_s=cpu_limit)
+    record: dict = {"trial_id": job.trial_id, "exit_code": run.rc, "train_s": round(run.seconds, 3),
+                    "train_wall_s": round(run.seconds, 3), "train_cpu_s": round(run.cpu_s, 3),
+                    "budget_clock": job.budget_clock, "isolation": box.isolation,
                     "curve": parse_curve(trial_dir / "train.out"), "started_at": started}
-    bad = _classify_train(rc, timed_out, tail(trial_dir / "train.err"), job.timeout_s)
+    bad = _classify_train(run, tail(trial_dir / "train.err"), job)
     if bad:
         record |= {"outcome": bad[0], "reason": bad[1]}
     else:
         try:
-            record |= _evaluate(job, trial_dir, env)
+            record |= _evaluate(job, trial_dir, env, gpu_ids)
         except RuntimeError as e:
             record |= {"outcome": "no_result", "reason": str(e)}
     record["ended_at"] = time.time()
@@ -378,8 +451,14 @@ def run_trial(trial_dir: Path, gpu_ids: list[str] | None = None) -> dict:
 
 
 def kill_current_trial() -> None:
-    """Kill the running trial's whole process tree (training or evaluator), if any."""
-    _kill_tree(_current, signal.SIGKILL)
+    """Kill the process trees (jails) of every run this process has in progress: training or evaluator.
+
+    No lock: this runs from a signal handler that may interrupt a holder of `_running_lock`.
+    """
+    for proc, token in list(_running.items()):
+        _kill_tree(proc, signal.SIGKILL, token)
+    if _dedicated:
+        _kill_tree(None, signal.SIGKILL)
     _reap()
 
 
@@ -396,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     trials: a trial in progress is finished first, so a controller killed with SIGKILL
     loses nothing.
     """
+    global _dedicated
+    _dedicated = True  # this process runs one trial at a time: it may sweep up all its descendants
+    become_subreaper()
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the controller, which decides
     for line in sys.stdin:

@@ -54,6 +54,7 @@ def status_lines(store: Store, env: str | None = None, metric: str | None = None
     hours = store.trial_hours()
     out += ["", f"spend: ${store.llm_spend():.2f} on model calls, {hours * cpus:.2f} CPU-h, {hours * gpus:.2f} GPU-h "
                 f"of trials, {store.get_meta('elapsed_s', 0.0) / 60:.1f} min wall"]
+    out += isolation_lines(store)
     if store.get_meta("stopped"):
         out.append(f"stopped early: {store.get_meta('stopped')}")
     out += requeue_lines(store)
@@ -73,6 +74,17 @@ def requeue_lines(store: Store, limit: int = 10) -> list[str]:
     if len(rows) > limit:
         out.append(f"  ... and {len(rows) - limit} more")
     return out
+
+
+def isolation_lines(store: Store) -> list[str]:
+    """How the finished trials were isolated; unjailed ones are said loudly."""
+    counts = dict(store.execute("SELECT COALESCE(isolation, 'unrecorded'), COUNT(*) FROM trials "
+                                "WHERE status = 'done' GROUP BY 1").fetchall())
+    if not counts:
+        return []
+    line = "isolation: " + ", ".join(f"{n} trial(s) {k}" for k, n in sorted(counts.items()))
+    return [line] + (["WARNING: some trials ran UNISOLATED (isolation = none): their code could read this "
+                      "user's files and secrets and reach the network"] if counts.get("none") else [])
 
 
 def show_idea(store: Store, metric: str, idea_id: int, say: Callable[[str], None]) -> bool:

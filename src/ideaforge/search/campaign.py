@@ -18,6 +18,7 @@ from ideaforge.envs.spec import EnvSpec, load_env
 from ideaforge.envs.workspace import build_workspace, ensure_prepared, snapshot_env
 from ideaforge.errors import ConfigError, EditRefused, StoreError
 from ideaforge.execute.base import Executor, make_executor
+from ideaforge.execute.jail import warn_unisolated
 from ideaforge.execute.job import Job, write_job
 from ideaforge.execute.record import TrialRecord
 from ideaforge.store import ControllerLock, Store
@@ -154,6 +155,7 @@ class Campaign:
             prepared=str(prepared) if prepared else None, memory_gb=self.spec.memory_gb, role=trial["role"],
             evaluate_serve=self.spec.evaluate_serve,
             env=dict(self.spec.env),
+            budget_clock=self.spec.budget_clock, network=self.spec.network,
         )
         write_job(tdir, job)
         return tdir
@@ -194,6 +196,7 @@ class TrialRunner:
         self.executor = executor
         self.on_event = on_event or (lambda kind, info: None)
         self.max_requeues = max_requeues
+        warn_unisolated(lambda msg: self.on_event("log", {"message": msg}))  # once per process, loudly
         if not executor.fits_ever(campaign.spec.gpus):
             raise ConfigError(
                 f"{campaign.spec.name} needs {campaign.spec.gpus} GPU(s) per trial; this executor has "

@@ -20,7 +20,8 @@ the model from THIS file, so keep the interface below when you edit it:
 
 Environment: IDEAFORGE_BUDGET_S (seconds of training), IDEAFORGE_SEED,
 IDEAFORGE_OUT (checkpoint directory), IDEAFORGE_DATA (directory with train.txt),
-IDEAFORGE_THREADS (CPU threads).
+IDEAFORGE_THREADS (CPU threads), IDEAFORGE_BUDGET_CLOCK ("cpu": the budget counts this
+process's CPU seconds, which the harness measures; "wall": wall-clock seconds).
 """
 
 import time
@@ -29,6 +30,14 @@ START_TIME = time.time()  # wall clock at process start, seconds; the budget cou
 
 import math
 import os
+
+CPU_CLOCK = os.environ.get("IDEAFORGE_BUDGET_CLOCK") == "cpu"
+
+
+def budget_used_s() -> float:
+    """Seconds of the budget used: this process's CPU seconds (cpu clock) or wall seconds since START_TIME."""
+    return time.process_time() if CPU_CLOCK else time.time() - START_TIME
+
 from pathlib import Path
 
 import torch
@@ -190,11 +199,11 @@ def main():
     model.train()
     step, step_time, tokens = 0, 0.0, 0
     while True:
-        # Stop by wall clock: leave room for one more step and for saving.
-        elapsed = time.time() - t0
+        # Stop by the budget's clock: leave room for one more step and for saving.
+        elapsed = budget_used_s()
         if elapsed + step_time + SAVE_RESERVE_S >= BUDGET_S:
             break
-        t_step = time.time()
+        t_step = budget_used_s()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
         x, y = get_batch(data, gen)
@@ -203,7 +212,7 @@ def main():
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         optimizer.step()
-        step_time = time.time() - t_step
+        step_time = budget_used_s() - t_step
         step += 1
         tokens += x.numel()
         if step % LOG_EVERY == 0:
