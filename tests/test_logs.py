@@ -130,3 +130,28 @@ def test_a_grandchild_holding_the_pipe_does_not_hang_the_pump(tmp_path):
         assert (tmp_path / "x.out").read_bytes() == b"started\nbye\n"
     finally:
         os.killpg(proc.pid, 9)
+
+
+def test_a_trial_that_floods_its_output_keeps_capped_logs_and_a_thinned_curve(tmp_path):
+    """Through the real worker: 3 MB of stdout and 200,000 METRIC lines leave train.out head+tail
+    capped and a curve of at most CURVE_POINTS+1 points ending at the last step."""
+    from fakes.toyenv import DEFAULT_TRAIN, make_toy_env
+    from ideaforge.envs import load_env
+    from ideaforge.execute.local import LocalExecutor
+    from ideaforge.execute.logs import CURVE_POINTS, HEAD_BYTES, TAIL_BYTES
+    from ideaforge.search.campaign import Campaign, TrialRunner
+
+    flood = ("import sys\nw = sys.stdout.write\nfor i in range(200_000):\n"
+             "    w(f'METRIC step={i} loss={1.0 / (i + 1):.6f}\\n')\n"
+             "w('x' * 3_000_000 + '\\n')\n")
+    env = make_toy_env(tmp_path / "env", flood + DEFAULT_TRAIN.replace('"x": X', '"x": 0.0'), budget_s=60,
+                       timeout_s=300)
+    camp = Campaign.create(tmp_path / "camp", load_env(env))
+    tid = camp.store.add_trial("candidate", seed=0, budget_s=60)
+    with LocalExecutor(slots=1) as ex:
+        TrialRunner(camp, ex).drain()
+    t = camp.store.trial(tid)
+    assert t["outcome"] == "evaluated", t["reason"]
+    size = (camp.store.trial_dir(tid) / "train.out").stat().st_size
+    assert size <= HEAD_BYTES + TAIL_BYTES + 1024, size
+    assert 100 < len(t["curve"]) <= CURVE_POINTS + 1 and t["curve"][-1]["step"] == 2  # DEFAULT_TRAIN's last step

@@ -38,13 +38,12 @@ from typing import NamedTuple
 
 from ideaforge.execute import jail
 from ideaforge.execute.job import Job, atomic_write_json
+from ideaforge.execute.logs import CurveThinner, LogPump, tail
 from ideaforge.execute.proctree import (RUN_TOKEN, become_subreaper, carrying, descendants, die_with_parent,
                                         tree_cpu_s)
 
 _OOM_LINE = re.compile(r"^([\w.]+\.)?(MemoryError|OutOfMemoryError)\b", re.M)
-_METRIC_LINE = re.compile(r"^METRIC\s+(.*)$")
 _PLAIN = re.compile(r"[\w./=:@%+,-]+( +[\w./=:@%+,-]+)*")  # no quoting, globs, redirects or operators
-TAIL_LINES = 40
 GRACE_S = 2.0  # SIGTERM -> SIGKILL grace when a timeout hits, seconds
 CPU_POLL_S = 0.5  # how often the training tree's CPU time is read under a CPU budget, seconds
 
@@ -210,7 +209,7 @@ def _collect(proc: subprocess.Popen) -> tuple[int, float]:
 
 def run_group(cmd: str, cwd: Path, env: dict[str, str], timeout_s: float, log_prefix: Path,
               memory_gb: float | None = None, *, jail_: jail.Jail | None = None,
-              cpu_limit_s: float | None = None) -> Run:
+              cpu_limit_s: float | None = None, curve: CurveThinner | None = None) -> Run:
     """Run `cmd` jailed (see execute/jail.py) in its own session; kill its own tree at the timeout
     (wall seconds), when its CPU seconds pass `cpu_limit_s`, and whatever it leaves behind.
 
@@ -224,9 +223,12 @@ def run_group(cmd: str, cwd: Path, env: dict[str, str], timeout_s: float, log_pr
         env = dict(env, **{RUN_TOKEN: token})
     argv = jail_.argv(_command(cmd), cwd=Path(cwd), env=env)
     t0 = time.monotonic()
-    with open(f"{log_prefix}.out", "wb") as out, open(f"{log_prefix}.err", "wb") as err:
-        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                start_new_session=True, preexec_fn=_child_setup(memory_gb))
+    # Output goes through pipes into head+tail capped logs (a flood cannot fill the disk), and
+    # METRIC lines are thinned as they stream (a flood cannot fill the worker's memory).
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_child_setup(memory_gb))
+    pumps = [LogPump(proc.stdout, f"{log_prefix}.out", curve), LogPump(proc.stderr, f"{log_prefix}.err")]
+    try:
         with _running_lock:
             _running[proc] = token
         how, cpu_seen = _wait(proc, timeout_s, cpu_limit_s)
@@ -239,47 +241,14 @@ def run_group(cmd: str, cwd: Path, env: dict[str, str], timeout_s: float, log_pr
         _reap()
         with _running_lock:
             _running.pop(proc, None)
+    finally:
+        for pump in pumps:
+            pump.finish()
     return Run(None if how != "exited" else rc, how == "timeout", time.monotonic() - t0,
                max(cpu_seen, cpu_reaped), how == "cpu")
 
 
 # -- reading what a run left ------------------------------------------------------------
-def tail(path: Path, n: int = TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 64 * 1024))
-            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-n:])
-    except OSError:
-        return ""
-
-
-def parse_curve(path: Path, limit: int = 2000) -> list[dict[str, float]]:
-    """`METRIC key=value ...` lines -> learning curve points (numbers only)."""
-    points: list[dict[str, float]] = []
-    try:
-        with open(path, "r", errors="replace") as f:
-            for line in f:
-                m = _METRIC_LINE.match(line.strip())
-                if not m:
-                    continue
-                point = {}
-                for item in m.group(1).split():
-                    k, _, v = item.partition("=")
-                    try:
-                        point[k] = float(v)
-                    except ValueError:
-                        continue
-                if point:
-                    points.append(point)
-    except OSError:
-        return []
-    if len(points) > limit:  # keep the shape of long curves, and the last point
-        step = len(points) / limit
-        points = [points[int(i * step)] for i in range(limit - 1)] + [points[-1]]
-    return points
-
-
 def _classify_train(run: Run, err_tail: str, job: Job) -> tuple[str, str] | None:
     if run.timed_out:
         return "timeout", f"training outlived the hard timeout of {job.timeout_s:.0f} s and was killed with its process tree"
@@ -431,12 +400,13 @@ def run_trial(trial_dir: Path, gpu_ids: list[str] | None = None) -> dict:
     box = trial_jail(job, trial_dir, gpu_ids, [trial_dir / "work", out_dir])
     env = trial_environ(job, trial_dir, gpu_ids, jailed=box.isolation == "bubblewrap")
     cpu_limit = job.budget_s + budget_grace_s(job.budget_s) if job.budget_clock == "cpu" else None
+    curve = CurveThinner()
     run = run_group(job.run_command, trial_dir / "work", env, job.timeout_s, trial_dir / "train", job.memory_gb,
-                    jail_=box, cpu_limit_s=cpu_limit)
+                    jail_=box, cpu_limit_s=cpu_limit, curve=curve)
     record: dict = {"trial_id": job.trial_id, "exit_code": run.rc, "train_s": round(run.seconds, 3),
                     "train_wall_s": round(run.seconds, 3), "train_cpu_s": round(run.cpu_s, 3),
                     "budget_clock": job.budget_clock, "isolation": box.isolation,
-                    "curve": parse_curve(trial_dir / "train.out"), "started_at": started}
+                    "curve": curve.points(), "started_at": started}
     bad = _classify_train(run, tail(trial_dir / "train.err"), job)
     if bad:
         record |= {"outcome": bad[0], "reason": bad[1]}
