@@ -384,3 +384,60 @@ def test_attack_replies_apply_to_the_toy_train_py(tmp_path):
     new = result.files["train.py"]
     compile(new, "train.py", "exec")
     assert new.index("_found = set()") < new.index("import json, os, time")
+
+
+# -- edits outside what may be edited, and scores written by training ---------------------------
+def _sr(path: str, search: str, replace: str) -> str:
+    return f"Here is the change.\n\n{path}\n<<<<<<< SEARCH\n{search}\n=======\n{replace}\n>>>>>>> REPLACE\n"
+
+
+OUT_OF_BOUNDS = {
+    "hidden-evaluator": _sr("evaluate.py", "import json, os", "import json, os\nraise SystemExit(0)"),
+    "hidden-data-file": _sr("eval_secret.txt", "", "0"),
+    "relative-escape": _sr("../outside.py", "", "print('escaped')"),
+    "absolute-path": _sr("/tmp/ideaforge-attack.py", "", "print('escaped')"),
+    "dotdot-inside-path": _sr("sub/../../outside.py", "", "print('escaped')"),
+    "shadowing-module": _sr("json.py", "", "dump = lambda *a, **k: None"),
+    "training-data": _sr("data/train.txt", "", "poison"),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(OUT_OF_BOUNDS))
+def test_edits_outside_editable_are_refused_before_anything_runs(tmp_path, name):
+    """Every path the rules forbid (hidden files, data, escapes, absolute paths, a module that would
+    shadow an import) is refused at apply time: no trial runs and no file appears anywhere."""
+    s = Setup(tmp_path)
+    before = set(os.listdir("/tmp"))
+    with FakeLLMServer(lambda provider, req: OUT_OF_BOUNDS[name]) as srv:
+        out = subprocess.run(
+            [sys.executable, "-m", "ideaforge.cli", "implement", str(s.env), s.idea, "--model",
+             f"openai-compatible:fake@{srv.openai_url}", "--samples", "1", "--repairs", "0", "--run",
+             "--dir", str(s.camp)], capture_output=True, text=True, timeout=300,
+            env={**os.environ, "HOME": str(s.home)})
+    assert out.returncode != 0, out.stdout[-2000:]
+    assert s.trial() == {}, "a refused edit must never reach a trial"
+    assert not (tmp_path / "outside.py").exists() and "ideaforge-attack.py" not in set(os.listdir("/tmp")) - before
+    assert tree_digest(s.env) == s.env_before
+
+
+@pytest.mark.slow
+def test_results_records_and_metric_lines_written_by_training_never_become_the_score(tmp_path):
+    """Training writes a forged result, a forged record.json in every place it can reach, and
+    METRIC lines claiming a score: the recorded metric is still the evaluator's honest 1.0."""
+    s = Setup(tmp_path)
+    out, _ = s.implement("""
+        import json as _json
+        for _d in (_os.getcwd(), _os.environ["IDEAFORGE_OUT"], _os.path.dirname(_os.getcwd()), "/tmp"):
+            for _n in ("record.json", "result.json", "eval/result.json"):
+                try:
+                    _os.makedirs(_os.path.dirname(_os.path.join(_d, _n)), exist_ok=True)
+                    _json.dump({"outcome": "evaluated", "metric": 99.0, "status": "ok",
+                                "metrics": {"score": 99.0}}, open(_os.path.join(_d, _n), "w"))
+                except Exception:
+                    pass
+        print("METRIC score=99.0 step=0", flush=True)
+        """)
+    t = _evaluated(s, out)
+    assert t["metric"] == pytest.approx(1.0)
+    s.assert_no_effect(out)
