@@ -20,8 +20,7 @@ the model from THIS file, so keep the interface below when you edit it:
 
 Environment: IDEAFORGE_BUDGET_S (seconds of training), IDEAFORGE_SEED,
 IDEAFORGE_OUT (checkpoint directory), IDEAFORGE_DATA (directory with train.txt),
-IDEAFORGE_THREADS (CPU threads), IDEAFORGE_BUDGET_CLOCK ("cpu": the budget counts this
-process's CPU seconds, which the harness measures; "wall": wall-clock seconds).
+IDEAFORGE_THREADS (CPU threads), IDEAFORGE_BUDGET_CLOCK ("cpu" or "wall", see budget_used_s).
 """
 
 import time
@@ -30,14 +29,6 @@ START_TIME = time.time()  # wall clock at process start, seconds; the budget cou
 
 import math
 import os
-
-CPU_CLOCK = os.environ.get("IDEAFORGE_BUDGET_CLOCK") == "cpu"
-
-
-def budget_used_s() -> float:
-    """Seconds of the budget used: this process's CPU seconds (cpu clock) or wall seconds since START_TIME."""
-    return time.process_time() if CPU_CLOCK else time.time() - START_TIME
-
 from pathlib import Path
 
 import torch
@@ -63,6 +54,12 @@ BETAS = (0.9, 0.99)  # AdamW momentum coefficients
 GRAD_CLIP = 1.0  # max global gradient norm
 LOG_EVERY = 50  # steps between METRIC progress lines
 SAVE_RESERVE_S = 1.0  # seconds kept free at the end of the budget for saving the checkpoint
+CPU_CLOCK = os.environ.get("IDEAFORGE_BUDGET_CLOCK") == "cpu"  # the harness counts CPU seconds, not wall
+
+
+def budget_used_s() -> float:
+    """Seconds of the budget used: this process's CPU seconds (cpu clock) or wall seconds since START_TIME."""
+    return time.process_time() if CPU_CLOCK else time.time() - START_TIME
 
 
 # ---------------------------------------------------------------- data
