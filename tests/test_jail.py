@@ -276,3 +276,8 @@ def test_env_check_and_status_show_isolation(tmp_path, forced):
     lines = isolation_lines(Store.open_readonly(tmp_path / "c"))
     assert lines[0] == f"isolation: 1 trial(s) {expected}"
     assert any("UNISOLATED" in line for line in lines) == (expected == "none")
+    from ideaforge.report import write_report
+
+    html = write_report(tmp_path / "c").read_text()
+    assert f"1 {expected}" in html  # the summary's isolation card
+    assert ("ran UNISOLATED" in html) == (expected == "none")

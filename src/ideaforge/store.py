@@ -374,6 +374,11 @@ class Store:
             row = self.conn.execute("SELECT requeues FROM trials WHERE id=?", (trial_id,)).fetchone()
         return int(row[0]) if row else 0
 
+    def isolation_counts(self) -> dict[str, int]:
+        """Finished trials per isolation ("bubblewrap", "none", or "unrecorded" from before it was recorded)."""
+        return dict(self.execute("SELECT COALESCE(isolation, 'unrecorded'), COUNT(*) FROM trials "
+                                 "WHERE status = 'done' GROUP BY 1").fetchall())
+
     def requeued_trials(self) -> list[dict[str, Any]]:
         """Trials re-queued at least once because their worker died: id, role, status, outcome, requeues."""
         rows = self.execute("SELECT id, role, status, outcome, requeues FROM trials WHERE requeues > 0 "

@@ -13,6 +13,7 @@ h4{font-size:13px;margin:14px 0 6px}
 a{color:var(--accent);text-decoration:none}a:hover{text-decoration:underline}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(175px,1fr));gap:8px}
 .card{border:1px solid var(--line);border-radius:8px;padding:8px 10px;background:var(--soft)}
+.warn{border:1px solid #c0392b;background:#fdecea;color:#7b1f16;border-radius:8px;padding:8px 10px}
 .card .k{font-size:11px;text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}
 .card .v{font-weight:600;overflow-wrap:anywhere}
 .plots{display:grid;grid-template-columns:repeat(auto-fit,minmax(520px,1fr));gap:14px}

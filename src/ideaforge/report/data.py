@@ -113,6 +113,7 @@ def _summary(store: Store, facts: dict, config: dict, search: dict, ideas: list[
         "ideas": len(ideas),
         "trials": status,
         "requeues": sum(t.get("requeues", 0) for t in trials),
+        "isolation": store.isolation_counts(),
         "budget_s": search.get("budget_s") or facts.get("budget_s"),
         "config": config,
     }

@@ -127,6 +127,7 @@ def _summary(data: dict) -> str:
         ("ideas", s["ideas"]),
         ("trials", f'{t.get("done", 0)} done · {t.get("running", 0)} running · {t.get("queued", 0)} queued'
                    + (f' · {s["requeues"]} re-queued (worker died)' if s.get("requeues") else "")),
+        ("isolation", ", ".join(f"{n} {k}" for k, n in sorted(s.get("isolation", {}).items())) or "–"),
         ("baseline", f'{fmt(b["mean"], 5)} ± {fmt(b["std"], 3)} (n={b["n"]})' if b else "not measured yet"),
         ("model spend", f'${s["spend_usd"]:.2f}'),
         ("CPU-hours", f'{s["cpu_hours"]:.2f} ({s["cpus"]} CPU/trial)'),
@@ -143,7 +144,12 @@ def _summary(data: dict) -> str:
                        f'<td class="num">${(m["cost_usd"] or 0):.2f}</td></tr>' for m in s["models"])
         table = ('<table class="small" id="models"><thead><tr><th>model</th><th>calls</th><th>input tokens</th>'
                  f'<th>output tokens</th><th>cost</th></tr></thead><tbody>{rows}</tbody></table>')
-    return f'<section id="summary"><h2>Summary</h2><div class="cards">{body}</div>{table}</section>'
+    warn = ""
+    if s.get("isolation", {}).get("none"):
+        warn = (f'<p class="warn"><b>WARNING: {s["isolation"]["none"]} trial(s) ran UNISOLATED</b> (isolation = none, '
+                'no bubblewrap jail): their code could read this user\'s files and secrets and reach the network, '
+                'so their scores are not protected against forgery.</p>')
+    return f'<section id="summary"><h2>Summary</h2>{warn}<div class="cards">{body}</div>{table}</section>'
 
 
 def _duration(seconds: float) -> str:

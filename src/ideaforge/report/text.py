@@ -78,8 +78,7 @@ def requeue_lines(store: Store, limit: int = 10) -> list[str]:
 
 def isolation_lines(store: Store) -> list[str]:
     """How the finished trials were isolated; unjailed ones are said loudly."""
-    counts = dict(store.execute("SELECT COALESCE(isolation, 'unrecorded'), COUNT(*) FROM trials "
-                                "WHERE status = 'done' GROUP BY 1").fetchall())
+    counts = store.isolation_counts()
     if not counts:
         return []
     line = "isolation: " + ", ".join(f"{n} trial(s) {k}" for k, n in sorted(counts.items()))
