@@ -207,7 +207,7 @@ def confirmation_kills(proc: subprocess.Popen, camp: Path, log, done: int) -> tu
 
 def leaderboard(camp: Path) -> tuple[list, list]:
     sys.path.insert(0, str(SRC))
-    from ideaforge.search.judge import leaderboard as board
+    from ideaforge.stats import leaderboard as board
     from ideaforge.store import Store
 
     store = Store.open_readonly(camp)
