@@ -290,12 +290,13 @@ def _default_loader(cfg: RLConfig):
 
 
 def make_executor(kind: str, slots: int | None, spec, ray_address: str | None = None):
-    """The executor trials run on: `local` (this machine's slots) or `ray` (a cluster)."""
-    if kind == "ray":
-        from ideaforge.execute.ray_backend import RayExecutor  # imports ray: only when asked for
-        return RayExecutor(ray_address, slots=slots, cpus_per_trial=spec.cpus)
-    from ideaforge.execute.local import LocalExecutor
-    return LocalExecutor(slots=slots or 1)
+    """The executor trials run on, from the backend registry: `local` (this machine's slots, one
+    at a time unless told) or `ray` (a cluster) or any registered backend."""
+    from ideaforge.execute.base import make_executor as build
+
+    if kind == "local" and slots is None:
+        slots = 1
+    return build(kind, slots=slots, address=ray_address, cpus_per_trial=spec.cpus, gpus_per_trial=spec.gpus)
 
 
 def run_rl(env: str | None, ideator: str | None, steps: int | None = None, group: int = 8, implementer: str | None = None,
