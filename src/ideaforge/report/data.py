@@ -27,6 +27,7 @@ from typing import Any
 from ideaforge.stats import Stats, leaderboard
 from ideaforge.outcomes import IDEA_OUTCOMES
 from ideaforge.store import Store
+from ideaforge.report.rlview import rl_data
 
 LOG_TAIL_LINES = 30      # lines of train.out / train.err shown per trial
 LOG_TAIL_BYTES = 16_384  # read at most this much from the end of a log (a run may write gigabytes)
@@ -72,6 +73,7 @@ def _load(store: Store, details: bool = True) -> dict[str, Any]:
         "ideas": ideas_out,
         "baseline_trials": [_trial(store, t) for t in trials if t["role"] == "baseline"],
         "state": campaign_state(store),
+        "rl": rl_data(store),  # None unless an `ideaforge rl` run (report/rlview.py)
     }
     return data
 
