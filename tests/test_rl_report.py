@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from fakes.rlenv import make_rl_env
 from fakes.scripted_policy import ScriptedPolicy, scripted_loader
+from test_rl import _counts, tiny_ideator  # noqa: F401  (tiny_ideator: the module's tiny transformers model)
 from ideaforge.store import Store
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -131,3 +132,53 @@ def test_a_search_campaign_has_no_rl_section(tmp_path):
     page = render(load_campaign(tmp_path / "c", details=False))
     store.close()
     assert '<section id="summary">' in page and 'id="rl"' not in page
+
+
+# -- the generic `ideaforge resume DIR` on a killed RL run ---------------------------------------------
+@pytest.mark.slow
+def test_generic_resume_finishes_a_killed_rl_run(tmp_path, tiny_ideator):
+    """SIGKILL while step 1's trials run, then `ideaforge resume DIR` (not `rl --resume`): every rollout
+    sampled once, every trial run once, the run finished and its summary printed."""
+    runs = tmp_path / "runs.log"
+    env = make_rl_env(tmp_path / "env", sleep_s=0.8, runs_log=runs)
+    camp = tmp_path / "camp"
+    # Unjailed (IDEAFORGE_JAIL=none): the trials' runs.log lines are how the test counts runs, and a
+    # jailed trial cannot write to the test's directory. Isolation is tested in test_jail.py.
+    penv = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+                IDEAFORGE_JAIL="none")
+    proc = subprocess.Popen([sys.executable, "-m", "ideaforge.rl", str(env), "--ideator", str(tiny_ideator),
+                             "--dir", str(camp), "--steps", "2", "--group", "6", "--slots", "1",
+                             "--max-new-tokens", "60", "--gen-batch", "3", "--lr", "3e-3"],
+                            env=penv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while True:  # condition: step 1's rollouts all recorded and one of its trials running
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "step 1 never reached a running trial"
+        try:
+            c = _counts(camp)
+        except sqlite3.OperationalError:  # not created or not migrated yet
+            c = {"steps": {}}
+        if c["steps"].get(1) == "executing" and c["rollouts"] == 12 and c["running"]:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert _counts(camp)["steps"] == {0: "done", 1: "executing"}
+
+    out = subprocess.run([sys.executable, "-m", "ideaforge.cli", "resume", str(camp)], env=penv,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "step 2/2: executing" in out.stdout and "clusters" in out.stdout
+    c = _counts(camp)
+    assert c["steps"] == {0: "done", 1: "done"} and c["calls"] == c["rollouts"] == 12  # sampled once
+    store = Store.open_readonly(camp)
+    trials = store.trials(role="candidate")
+    assert all(t["status"] == "done" and t["attempt"] == 0 for t in trials)
+    ok = [i for i in store.implementations() if i["status"] == "ok"]
+    assert sorted(t["implementation_id"] for t in trials) == sorted(i["id"] for i in ok)  # one trial per edit
+    assert len(runs.read_text().splitlines()) == len(store.trials())  # every trial ran exactly once
+    assert store.get_meta("rl_finished") is True
+    from ideaforge.report.rlview import rl_data
+    assert [s["done"] for s in rl_data(store)["steps"]] == [True, True]
+    store.close()

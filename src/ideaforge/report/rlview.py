@@ -70,7 +70,7 @@ def rl_section(rl: dict[str, Any] | None) -> str:
         return [{"label": label, "points": [[s["step"], None if s[k] is None else s[k] * scale] for s in done]}
                 for k, label in keys]
 
-    distinct = [{"label": "distinct ideas / rollouts",
+    distinct = [{"label": "distinct / rollouts",
                  "points": [[s["step"], s["distinct_ideas"] / s["rollouts"] if s["rollouts"] else None] for s in done]}]
     figs = [
         ("Reward", svg.step_lines("plot-rl-reward", xs, series(("mean_reward", "mean"), ("max_reward", "max")), "reward"),
@@ -83,14 +83,14 @@ def rl_section(rl: dict[str, Any] | None) -> str:
                                                              ("mean_thinking_tokens", "thinking")), "tokens (mean)"),
          "Mean tokens per rollout, and of them in the thinking trace."),
         ("Diversity", svg.step_lines("plot-rl-diversity", xs, distinct + series(
-            ("mean_similarity", "mean pairwise similarity"), ("top_cluster_share", "share of the top cluster")),
+            ("mean_similarity", "mean similarity"), ("top_cluster_share", "top cluster share")),
             "fraction", y_range=(0, 1)),
          "Distinct ideas (normalised titles), mean token-Jaccard similarity of the ideas, largest cluster's share."),
     ]
     body = "".join(f'<figure><figcaption><b>{esc(t)}</b> <span>{esc(c)}</span></figcaption>{plot}</figure>'
                    for t, plot, c in figs)
     bars = svg.stacked_shares("plot-rl-clusters", xs, rl["clusters"])
-    cluster_fig = ('<figure class="wide"><figcaption><b>Idea clusters over steps</b> <span>Share of each step\'s '
+    cluster_fig = ('<figure class="wide" style="margin:14px 0"><figcaption><b>Idea clusters over steps</b> <span>Share of each step\'s '
                    'rollouts per cluster (what an idea changes, else its title); mode collapse shows as one colour '
                    f'filling the bars.</span></figcaption>{bars}</figure>')
     return (f'<section id="rl"><h2>RL of the ideator {_badge(rl)}</h2><div class="plots">{body}</div>'

@@ -309,17 +309,22 @@ def step_lines(plot_id: str, steps: list[int], series: list[dict], ylabel: str,
         return _empty(plot_id, width, height, title, "no finished step yet")
     f = Frame(width, height, (min(steps) - 0.3, max(steps) + 0.3), y_range or _y_range(values, None),
               pad_y=0.02 if y_range else 0.06)
+    f.right = 150  # the legend beside the plot: lines near the top would run under it
     body = [f.axes("step", ylabel, xticks=_int_ticks(steps), xtick_fmt=lambda v: str(int(v)))]
     for k, s in enumerate(series):
         color = PALETTE[k % len(PALETTE)]
         pts = [(x, v) for x, v in s["points"] if v is not None]
         if not pts:
             continue
+        dash = ' stroke-dasharray="6 3"' if k % 2 else ""  # coinciding series stay visible
         d = " ".join(f"{'M' if j == 0 else 'L'}{f.px(x):.1f},{f.py(v):.1f}" for j, (x, v) in enumerate(pts))
-        body.append(f'<path class="series" data-label="{esc(s["label"])}" d="{d}" stroke="{color}"/>')
+        body.append(f'<path class="series" data-label="{esc(s["label"])}" d="{d}" stroke="{color}"{dash}/>')
         body += [f'<circle cx="{f.px(x):.1f}" cy="{f.py(v):.1f}" r="3" fill="{color}">'
                  f'<title>{esc(s["label"])} · step {x}: {esc(fmt(v, 4))}</title></circle>' for x, v in pts]
-    body.append(_legend([(s["label"], PALETTE[k % len(PALETTE)]) for k, s in enumerate(series)], f))
+    for k, s in enumerate(series):
+        y = f.top + 4 + 15 * k
+        body.append(f'<rect x="{width - 142}" y="{y}" width="10" height="10" rx="2" fill="{PALETTE[k % len(PALETTE)]}"/>'
+                    f'<text class="legend" x="{width - 128}" y="{y + 9}">{esc(s["label"])}</text>')
     return _svg(plot_id, width, height, "".join(body), title)
 
 
