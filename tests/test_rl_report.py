@@ -117,6 +117,13 @@ def test_report_of_an_unfinished_run_then_resumed(tmp_path):
     assert steps[1]["rollout_status"] == {"scored": 4} and data["rl"]["clusters"]["LR"] == [1]
     page = render(data)
     assert '<tr data-step="1"><td class="num">1</td><td>updating</td>' in page
+    from ideaforge.report import read_state
+    from ideaforge.rl import records as R
+    before = read_state(tmp_path / "camp")["version"]
+    store = Store.open_existing(tmp_path / "camp")
+    R.set_stage(store, 1, "updating")  # a stage change alone (the update writes no trial or idea) ...
+    store.close()
+    assert read_state(tmp_path / "camp")["version"] != before  # ... refreshes the live view
     _run(tmp_path, scripted_loader(SCHEDULE, log), resume=True)  # finishes steps 1 and 2, samples nothing again
     data = load_campaign(tmp_path / "camp", details=False)
     assert [s["mean_reward"] for s in data["rl"]["steps"]] == pytest.approx([3.75, 5.5, 6.0])

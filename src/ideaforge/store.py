@@ -544,10 +544,11 @@ class Store:
         impls = self.execute("SELECT COUNT(*) FROM implementations").fetchone()
         statuses = self.execute("SELECT GROUP_CONCAT(status) FROM (SELECT status FROM ideas ORDER BY id)").fetchone()
         calls = self.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()
+        rl = self.execute("SELECT MAX(updated) FROM rl_steps").fetchone()  # an RL step changing stage
         return {"trials": t[0], "trials_done": t[1], "trials_running": t[2], "trials_queued": t[3],
                 "last_trial": t[4], "last_ended": t[5], "last_started": t[6], "requeues": t[7],
                 "ideas": ideas[0], "implementations": impls[0], "idea_statuses": statuses[0],
-                "llm_calls": calls[0], "llm_cost": calls[1]}
+                "llm_calls": calls[0], "llm_cost": calls[1], "rl_updated": rl[0]}
 
 
 class ControllerLock:

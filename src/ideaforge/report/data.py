@@ -304,7 +304,7 @@ def campaign_state(store: Store) -> dict[str, Any]:
     meta = {k: store.get_meta(k) for k in ("epochs_done", "finished", "stopped")}
     state = {k: c[k] for k in ("trials", "trials_done", "trials_running", "trials_queued", "last_trial", "ideas",
                                "implementations", "llm_calls", "requeues")} | meta
-    key = json.dumps([state, c["last_ended"], c["last_started"], c["idea_statuses"], c["llm_cost"]],
+    key = json.dumps([state, c["last_ended"], c["last_started"], c["idea_statuses"], c["llm_cost"], c["rl_updated"]],
                      sort_keys=True, default=str)
     state["version"] = hashlib.sha256(key.encode()).hexdigest()[:16]
     return state
