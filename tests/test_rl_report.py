@@ -189,3 +189,17 @@ def test_generic_resume_finishes_a_killed_rl_run(tmp_path, tiny_ideator):
     from ideaforge.report.rlview import rl_data
     assert [s["done"] for s in rl_data(store)["steps"]] == [True, True]
     store.close()
+
+
+def test_steps_stored_without_cluster_counts_still_render(camp):
+    """A run recorded before the loop kept cluster counts: its curves draw, its bars skip those steps."""
+    from ideaforge.report.rlview import cluster_table, rl_data, rl_section
+    store = Store.open_readonly(camp)
+    rl = rl_data(store)
+    store.close()
+    rl["steps"][0]["clusters"] = None
+    rl["clusters"] = cluster_table(rl["steps"])
+    html = rl_section(rl)
+    bars = html[html.index('id="plot-rl-clusters"'):]
+    assert rl["clusters"]["LR"] == [2, 4] and "<title>step 0:" not in bars and "<title>step 1: 2 of 4" in bars
+    assert "step 0: 3.75" in html  # the reward curve keeps step 0

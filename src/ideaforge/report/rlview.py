@@ -89,7 +89,8 @@ def rl_section(rl: dict[str, Any] | None) -> str:
     ]
     body = "".join(f'<figure><figcaption><b>{esc(t)}</b> <span>{esc(c)}</span></figcaption>{plot}</figure>'
                    for t, plot, c in figs)
-    bars = svg.stacked_shares("plot-rl-clusters", xs, rl["clusters"])
+    counted = [s["step"] for s in done if s["clusters"] is not None]  # a run from before the counts were kept: none
+    bars = svg.stacked_shares("plot-rl-clusters", counted, rl["clusters"])
     cluster_fig = ('<figure class="wide" style="margin:14px 0"><figcaption><b>Idea clusters over steps</b> <span>Share of each step\'s '
                    'rollouts per cluster (what an idea changes, else its title); mode collapse shows as one colour '
                    f'filling the bars.</span></figcaption>{bars}</figure>')
