@@ -197,7 +197,9 @@ def test_sigkill_mid_step_then_resume_runs_nothing_twice(tmp_path, tiny_ideator)
     runs = tmp_path / "runs.log"
     env = make_rl_env(tmp_path / "env", sleep_s=0.8, runs_log=runs)
     camp = tmp_path / "camp"
-    penv = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    # unjailed: a jailed trial cannot append to runs.log (the run counter) in the test directory
+    penv = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1",
+                IDEAFORGE_JAIL="none")
     common = ["--max-new-tokens", "60", "--gen-batch", "3", "--lr", "3e-3"]
     proc = subprocess.Popen([sys.executable, "-m", "ideaforge.rl", str(env), "--ideator", str(tiny_ideator),
                              "--dir", str(camp), "--steps", "2", "--group", "6", "--slots", "1", *common],

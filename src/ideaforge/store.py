@@ -529,6 +529,16 @@ class Store:
                       SUM(output_tokens) AS output_tokens, SUM(cost_usd) AS cost_usd
                FROM llm_calls GROUP BY model ORDER BY SUM(cost_usd) DESC, model""").fetchall()]
 
+    def rl_step_rows(self) -> list[dict[str, Any]]:
+        """The steps of an RL run (empty for a search campaign), oldest first: step, status, stats (parsed
+        JSON; a done step's figures are stats["analysis"]), adapter, created, updated, and the step's
+        rollouts so far per rollout status (`rollouts`: {status: n})."""
+        counts: dict[int, dict[str, int]] = {}
+        for step, status, n in self.execute("SELECT step, status, COUNT(*) FROM rl_rollouts GROUP BY step, status"):
+            counts.setdefault(step, {})[status] = n
+        rows = self.execute("SELECT step, status, stats, adapter, created, updated FROM rl_steps ORDER BY step")
+        return [dict(r) | {"stats": json.loads(r["stats"]), "rollouts": counts.get(r["step"], {})} for r in rows]
+
     def progress_counters(self) -> dict[str, Any]:
         """Cheap counters that change whenever anything a view shows changes (the live view polls them)."""
         t = self.execute(
@@ -539,10 +549,11 @@ class Store:
         impls = self.execute("SELECT COUNT(*) FROM implementations").fetchone()
         statuses = self.execute("SELECT GROUP_CONCAT(status) FROM (SELECT status FROM ideas ORDER BY id)").fetchone()
         calls = self.execute("SELECT COUNT(*), COALESCE(SUM(cost_usd), 0) FROM llm_calls").fetchone()
+        rl = self.execute("SELECT MAX(updated) FROM rl_steps").fetchone()  # an RL step changing stage
         return {"trials": t[0], "trials_done": t[1], "trials_running": t[2], "trials_queued": t[3],
                 "last_trial": t[4], "last_ended": t[5], "last_started": t[6], "requeues": t[7],
                 "ideas": ideas[0], "implementations": impls[0], "idea_statuses": statuses[0],
-                "llm_calls": calls[0], "llm_cost": calls[1]}
+                "llm_calls": calls[0], "llm_cost": calls[1], "rl_updated": rl[0]}
 
 
 class ControllerLock:

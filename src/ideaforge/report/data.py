@@ -27,6 +27,7 @@ from typing import Any
 from ideaforge.stats import Stats, leaderboard
 from ideaforge.outcomes import IDEA_OUTCOMES
 from ideaforge.store import Store
+from ideaforge.report.rlview import rl_data
 
 LOG_TAIL_LINES = 30      # lines of train.out / train.err shown per trial
 LOG_TAIL_BYTES = 16_384  # read at most this much from the end of a log (a run may write gigabytes)
@@ -72,6 +73,7 @@ def _load(store: Store, details: bool = True) -> dict[str, Any]:
         "ideas": ideas_out,
         "baseline_trials": [_trial(store, t) for t in trials if t["role"] == "baseline"],
         "state": campaign_state(store),
+        "rl": rl_data(store),  # None unless an `ideaforge rl` run (report/rlview.py)
     }
     return data
 
@@ -303,7 +305,7 @@ def campaign_state(store: Store) -> dict[str, Any]:
     meta = {k: store.get_meta(k) for k in ("epochs_done", "finished", "stopped")}
     state = {k: c[k] for k in ("trials", "trials_done", "trials_running", "trials_queued", "last_trial", "ideas",
                                "implementations", "llm_calls", "requeues")} | meta
-    key = json.dumps([state, c["last_ended"], c["last_started"], c["idea_statuses"], c["llm_cost"]],
+    key = json.dumps([state, c["last_ended"], c["last_started"], c["idea_statuses"], c["llm_cost"], c["rl_updated"]],
                      sort_keys=True, default=str)
     state["version"] = hashlib.sha256(key.encode()).hexdigest()[:16]
     return state

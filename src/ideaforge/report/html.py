@@ -23,6 +23,7 @@ from typing import Any, Iterable
 from ideaforge.report import svg
 from ideaforge.report.assets import CSS, JS
 from ideaforge.report.data import OUTCOME_ORDER, compare_series, idea_details, load_campaign
+from ideaforge.report.rlview import rl_section
 from ideaforge.report.svg import esc, fmt
 from ideaforge.store import Store
 
@@ -98,7 +99,7 @@ def render(data: dict[str, Any], live: bool = False, detail_src=None) -> str:
 def content(data: dict[str, Any], live: bool = False, detail_src=None) -> str:
     """Everything inside #content: the part the live view swaps on each change."""
     src = detail_src or (lambda i: f"report_ideas/{i // CHUNK}.js")
-    return "".join([_header(data, live), _summary(data), _plots(data), _leaderboard(data),
+    return "".join([_header(data, live), _summary(data), rl_section(data.get("rl")), _plots(data), _leaderboard(data),
                     _ideas(data, src), _baseline_trials(data)])
 
 

@@ -297,3 +297,78 @@ def _curve_key(points: list[dict]) -> str | None:
 
 def _num(v: object) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# -- RL: per-step curves and cluster shares ------------------------------------------------------
+def step_lines(plot_id: str, steps: list[int], series: list[dict], ylabel: str,
+               y_range: tuple[float, float] | None = None, width: int = 560, height: int = 240) -> str:
+    """One line with dots per series ({"label", "points": [[step, value | None]]}) over RL steps."""
+    title = f"{ylabel} per RL step"
+    values = [v for s in series for _, v in s["points"] if v is not None]
+    if not steps or not values:
+        return _empty(plot_id, width, height, title, "no finished step yet")
+    f = Frame(width, height, (min(steps) - 0.3, max(steps) + 0.3), y_range or _y_range(values, None),
+              pad_y=0.02 if y_range else 0.06)
+    f.right = 150  # the legend beside the plot: lines near the top would run under it
+    body = [f.axes("step", ylabel, xticks=_int_ticks(steps), xtick_fmt=lambda v: str(int(v)))]
+    for k, s in enumerate(series):
+        color = PALETTE[k % len(PALETTE)]
+        pts = [(x, v) for x, v in s["points"] if v is not None]
+        if not pts:
+            continue
+        dash = ' stroke-dasharray="6 3"' if k % 2 else ""  # coinciding series stay visible
+        d = " ".join(f"{'M' if j == 0 else 'L'}{f.px(x):.1f},{f.py(v):.1f}" for j, (x, v) in enumerate(pts))
+        body.append(f'<path class="series" data-label="{esc(s["label"])}" d="{d}" stroke="{color}"{dash}/>')
+        body += [f'<circle cx="{f.px(x):.1f}" cy="{f.py(v):.1f}" r="3" fill="{color}">'
+                 f'<title>{esc(s["label"])} · step {x}: {esc(fmt(v, 4))}</title></circle>' for x, v in pts]
+    for k, s in enumerate(series):
+        y = f.top + 4 + 15 * k
+        body.append(f'<rect x="{width - 142}" y="{y}" width="10" height="10" rx="2" fill="{PALETTE[k % len(PALETTE)]}"/>'
+                    f'<text class="legend" x="{width - 128}" y="{y + 9}">{esc(s["label"])}</text>')
+    return _svg(plot_id, width, height, "".join(body), title)
+
+
+def _int_ticks(steps: list[int], most: int = 12) -> list[int]:
+    """At most `most` integer ticks over the steps (a 70-step run labels every 10th)."""
+    stride = max(1, -(-len(steps) // most))
+    return steps[::stride]
+
+
+CLUSTER_COLORS = PALETTE + ("#65a30d", "#94a3b8")  # the last: "other" clusters
+
+
+def stacked_shares(plot_id: str, steps: list[int], clusters: dict[str, list[int]], width: int = 1100,
+                   height: int = 300) -> str:
+    """A bar per step, stacked by cluster share of the step's rollouts (the reference's mode-collapse
+    figure); `clusters` maps label -> rollouts per step, largest first."""
+    title = "Idea clusters: share of each step's rollouts"
+    if not steps or not clusters:
+        return _empty(plot_id, width, height, title, "no finished step yet")
+    f = Frame(width, height, (min(steps) - 0.5, max(steps) + 0.5), (0, 100), pad_y=0.0)
+    f.right = 320  # the legend (cluster labels can be long) beside the bars
+    bw = min(40.0, (f.px(1) - f.px(0)) * 0.75)
+    body = [f.axes("step", "rollouts (%)", xticks=_int_ticks(steps), xtick_fmt=lambda v: str(int(v)))]
+    labels = list(clusters)
+    named = [lab for lab in labels if not lab.startswith("(")]  # "(no idea)", "(other clusters)": greys
+    colors = {lab: CLUSTER_COLORS[k % (len(CLUSTER_COLORS) - 1)] for k, lab in enumerate(named)}
+    colors |= {lab: "#cbd5e1" if lab == "(no idea)" else CLUSTER_COLORS[-1] for lab in labels if lab not in colors}
+    for j, step in enumerate(steps):
+        total = sum(clusters[lab][j] for lab in labels) or 1
+        acc = 0.0
+        for lab in labels:
+            n = clusters[lab][j]
+            if not n:
+                continue
+            share = 100.0 * n / total
+            y0, y1 = f.py(acc), f.py(acc + share)
+            body.append(f'<rect class="stack" data-cluster="{esc(lab)}" x="{f.px(step) - bw / 2:.1f}" y="{y1:.1f}" '
+                        f'width="{bw:.1f}" height="{y0 - y1:.1f}" fill="{colors[lab]}"><title>step {step}: {n} of '
+                        f'{total} rollouts ({share:.0f}%) · {esc(lab)}</title></rect>')
+            acc += share
+    y = f.top + 4
+    for lab in labels:
+        short = lab if len(lab) <= 48 else lab[:47] + "…"
+        body.append(f'<rect x="{width - f.right + 12}" y="{y}" width="10" height="10" rx="2" fill="{colors[lab]}"/>'
+                    f'<text class="legend" x="{width - f.right + 26}" y="{y + 9}">{esc(short)}</text>')
+        y += 15
+    return _svg(plot_id, width, height, "".join(body), title)

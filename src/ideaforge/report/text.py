@@ -6,6 +6,7 @@ import json
 from typing import Callable
 
 from ideaforge.report.data import log_tail
+from ideaforge.report.rlview import rl_status_lines
 from ideaforge.stats import leaderboard
 from ideaforge.store import Store
 
@@ -51,6 +52,8 @@ def status_lines(store: Store, env: str | None = None, metric: str | None = None
         n_ideas = sum(i["epoch"] == epoch for i in ideas)
         out.append(f"{epoch:>5} {n_ideas:>5} {f'{len(values)}/{n_ideas}':>8} "
                    f"{_fmt(best):>10} {_fmt(mean):>10}  " + (", ".join(f"{k} {v}" for k, v in sorted(fails.items())) or "-"))
+    if rl := rl_status_lines(store):  # an `ideaforge rl` run: its steps (epoch = step above)
+        out += [""] + rl
     hours = store.trial_hours()
     out += ["", f"spend: ${store.llm_spend():.2f} on model calls, {hours * cpus:.2f} CPU-h, {hours * gpus:.2f} GPU-h "
                 f"of trials, {store.get_meta('elapsed_s', 0.0) / 60:.1f} min wall"]

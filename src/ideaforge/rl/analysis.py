@@ -20,11 +20,16 @@ from ideaforge.rl.rewards import jaccard, tokens
 from ideaforge.store import Store
 
 TITLE_CLUSTER_JACCARD = 0.5
+NO_IDEA = "(no idea)"  # the cluster of rollouts the parser found no idea in
 
 
 def step_metrics(store: Store, only: int | None = None) -> list[dict]:
     """One dict per step (or only step `only`): step, status, rollouts, mean/max reward, rates,
-    lengths, diversity, loss."""
+    lengths, diversity, loss, and `clusters` (label -> rollouts of the step in it, largest first).
+
+    The loop keeps this dict in rl_steps.stats["analysis"] when a step is done: labels of a
+    step never change afterwards (ideas are clustered in id order, later ones join earlier
+    leaders), so the report reads the stored figures instead of importing this module."""
     ideas = {i["id"]: i for i in store.ideas()}
     labels = cluster_labels(store)
     out = []
@@ -37,6 +42,7 @@ def step_metrics(store: Store, only: int | None = None) -> list[dict]:
         texts = [f"{ideas[r['idea_id']]['title']} {ideas[r['idea_id']]['description']}" for r in rows if r["idea_id"]]
         titles = [_norm(ideas[r["idea_id"]]["title"]) for r in rows if r["idea_id"]]
         clusters = Counter(labels[r["idea_id"]] for r in rows if r["idea_id"] in labels)
+        every = Counter(labels.get(r["idea_id"], NO_IDEA) for r in rows)  # what the report's cluster bars stack
         n = len(rows) or 1
         out.append({
             "step": st["step"], "status": st["status"], "rollouts": len(rows),
@@ -53,6 +59,7 @@ def step_metrics(store: Store, only: int | None = None) -> list[dict]:
             "top_cluster": clusters.most_common(1)[0][0] if clusters else None,
             "top_cluster_share": clusters.most_common(1)[0][1] / n if clusters else 0.0,
             "loss": st["stats"].get("loss"),
+            "clusters": dict(every.most_common()),
         })
     return out
 
@@ -69,7 +76,7 @@ def clusters(store: Store) -> dict[str, list[int]]:
     steps = [s["step"] for s in R.steps(store)]
     counts: dict[str, list[int]] = {}
     for r in R.rollouts(store):
-        label = labels.get(r["idea_id"], "(no idea)")
+        label = labels.get(r["idea_id"], NO_IDEA)
         counts.setdefault(label, [0] * len(steps))[steps.index(r["step"])] += 1
     return dict(sorted(counts.items(), key=lambda kv: -sum(kv[1])))
 
