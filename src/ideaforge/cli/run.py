@@ -212,7 +212,7 @@ def resume(
     if campaign.env_changed():
         say("note: the environment's files changed since the campaign started; trials keep using the snapshot")
     say(f"resuming {campaign.root}")
-    return run_search(campaign, cfg, make_executor(choice, campaign))
+    return replay_verdict(cfg.model, run_search(campaign, cfg, make_executor(choice, campaign)))
 
 
 def summarize(values: list[float]) -> str:
