@@ -221,9 +221,11 @@ def test_implement_replays_its_edit_and_reports_a_miss(cli, tmp_path, monkeypatc
     assert rc == 0, out + err
     assert _diff(out) == recorded  # (how many attempts it took depends on which sample finished first)
     assert "$0.0000" in out and " 0 missed" in out
-    # An idea nobody recorded: the implementer's miss is reported, exit 1.
-    rc, out, err = cli("implement", str(env), "Multiply the score by two", "--replay", "rec", "--dir", "miss",
+    # An idea nobody recorded: the implementer's miss is reported, exit 1. (--model replay:DIR is --replay DIR,
+    # the directory made absolute.)
+    rc, out, err = cli("implement", str(env), "Multiply the score by two", "--model", "replay:rec", "--dir", "miss",
                        "--samples", "1", "--no-smoke")
     assert rc == 1, out + err
+    assert f"implementing with replay:{tmp_path.resolve() / 'rec'}:" in out
     assert "REPLAY FAILED: replay miss (implement): no recorded call has this prompt" in out
     assert "recorded 'Shift x a little', now 'Multiply the score by two'" in out

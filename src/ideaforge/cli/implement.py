@@ -13,7 +13,7 @@ from ideaforge.cli.common import (
     BUDGET_HELP, DIR_HELP, ENV_HELP, ExecutorChoice, ExecutorOpt, GpusOpt, ProfileOpt, RayAddressOpt, SlotsOpt, app, bound,
     default_dir, make_executor, say,
 )
-from ideaforge.cli.run import D, REPLAY_HELP, replay_choice, replay_verdict, run_trials
+from ideaforge.cli.run import D, REPLAY_HELP, replay_choice, replay_dir, replay_verdict, run_trials
 from ideaforge.envs.spec import load_env
 from ideaforge.search.campaign import Campaign
 
@@ -45,6 +45,7 @@ def implement(
 
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
     spec = load_env(env, profile=profile)
+    replay, model = replay_dir(replay, model)
     model = replay_choice(replay, model) if replay is not None else model or os.environ.get("IDEAFORGE_MODEL") or DEFAULT_MODEL
     check_reachable(model)  # the key, then the server: before any work starts
     if idea.startswith("@"):

@@ -74,7 +74,8 @@ def _check_model(model: str | None) -> None:
 
 
 REPLAY_HELP = ("answer every model call from the recorded calls of the campaign in DIR (its campaign.db), matched "
-               "by prompt: no key, no server, $0; a prompt that was not recorded is an error")
+               "by prompt: no key, no server, $0; a prompt that was not recorded is an error (docs/replay.md) "
+               "[default: none: call the model]")
 
 
 def replay_choice(replay: Path, model: str | None, offline: bool = False) -> str:
@@ -97,13 +98,20 @@ def replay_choice(replay: Path, model: str | None, offline: bool = False) -> str
     return chosen
 
 
+def replay_dir(replay: Path | None, model: str | None) -> tuple[Path | None, str | None]:
+    """--model replay:DIR is --replay DIR (so the campaign saves DIR made absolute, for `resume`)."""
+    if replay is None and model and model.strip().lower().startswith("replay:"):
+        return Path(model.strip().split(":", 1)[1]), None
+    return replay, model
+
+
 def replay_verdict(model: str | None, rc: int) -> int:
     """After a replayed run: how many calls were answered, and exit 1 if any request missed."""
-    if not model or not model.startswith("replay:"):
+    if not model or not model.lower().startswith("replay:"):
         return rc
     from ideaforge.llm.replay import replayer
 
-    r = replayer(model[len("replay:"):])
+    r = replayer(model.split(":", 1)[1])
     say(f"replay: {r.answered} model call(s) answered from {r.root}, {len(r.misses)} missed")
     if r.misses:
         say(f"REPLAY FAILED: {r.misses[0]}")
@@ -158,6 +166,7 @@ def run(
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
     mode = Mode(mode).value
     spec = load_env(env, profile=profile)
+    replay, model = replay_dir(replay, model)
     chosen = replay_choice(replay, model, offline) if replay is not None else choose_model(model, offline)
     _check_model(chosen)
     cfg = SearchConfig(mode=mode, epochs=epochs, ideas=ideas, budget_s=budget, baseline_seeds=baseline_seeds,
