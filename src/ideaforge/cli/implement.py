@@ -13,7 +13,7 @@ from ideaforge.cli.common import (
     BUDGET_HELP, DIR_HELP, ENV_HELP, ExecutorChoice, ExecutorOpt, GpusOpt, ProfileOpt, RayAddressOpt, SlotsOpt, app, bound,
     default_dir, make_executor, say,
 )
-from ideaforge.cli.run import D, run_trials
+from ideaforge.cli.run import D, REPLAY_HELP, replay_choice, replay_dir, replay_verdict, run_trials
 from ideaforge.envs.spec import load_env
 from ideaforge.search.campaign import Campaign
 
@@ -26,6 +26,7 @@ def implement(
         help="implementer model, PROVIDER:NAME[@URL], e.g. anthropic:claude-sonnet-4-5, openai:gpt-5, "
         "openai-compatible:NAME@http://127.0.0.1:8000/v1 [default: $IDEAFORGE_MODEL, else "
         "anthropic:claude-sonnet-4-5]")] = None,
+    replay: Annotated[Optional[Path], typer.Option("--replay", metavar="DIR", help=REPLAY_HELP)] = None,
     samples: Annotated[int, typer.Option(callback=bound(1), help="edits sampled in parallel (>= 1)")] = D.samples,
     repairs: Annotated[int, typer.Option(callback=bound(0), help="repairs per sample from the apply/check error "
                                          "(>= 0)")] = D.repairs,
@@ -44,7 +45,8 @@ def implement(
 
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
     spec = load_env(env, profile=profile)
-    model = model or os.environ.get("IDEAFORGE_MODEL") or DEFAULT_MODEL
+    replay, model = replay_dir(replay, model)
+    model = replay_choice(replay, model) if replay is not None else model or os.environ.get("IDEAFORGE_MODEL") or DEFAULT_MODEL
     check_reachable(model)  # the key, then the server: before any work starts
     if idea.startswith("@"):
         try:
@@ -72,9 +74,11 @@ def implement(
     if not result.ok:
         say(f"FAILED: {result.error}")
         say(f"every attempt is stored in {store.root / 'campaign.db'}")
-        return 1
+        return replay_verdict(model, 1)
     say(result.summary)
     say(result.diff)
+    if replay_verdict(model, 0):
+        return 1
     if not run:
         say(f"stored in {store.root}; add --run to train and evaluate it")
         return 0

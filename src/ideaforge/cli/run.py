@@ -73,6 +73,52 @@ def _check_model(model: str | None) -> None:
         check_reachable(model)
 
 
+REPLAY_HELP = ("answer every model call from the recorded calls of the campaign in DIR (its campaign.db), matched "
+               "by prompt: no key, no server, $0; a prompt that was not recorded is an error (docs/replay.md) "
+               "[default: none: call the model]")
+
+
+def replay_choice(replay: Path, model: str | None, offline: bool = False) -> str:
+    """The model spec for --replay DIR; refuses --offline or a --model of another kind with it."""
+    from ideaforge.errors import LLMError
+    from ideaforge.llm.models import parse_model
+    from ideaforge.llm.replay import replay_model, replayer
+
+    if offline or (model and not model.strip().lower().startswith("replay:")):
+        raise typer.BadParameter("--replay answers from recorded calls: give no --model or --offline with it",
+                                 param_hint="--replay")
+    try:
+        chosen = replay_model(replay)
+        if model and replay_model(parse_model(model).name) != chosen:
+            raise typer.BadParameter(f"--model {model} and --replay {replay} name different campaigns",
+                                     param_hint="--replay")
+        replayer(chosen[len("replay:"):], fresh=True)  # this run answers from the first recorded call on
+    except LLMError as e:
+        raise typer.BadParameter(str(e), param_hint="--replay") from None
+    return chosen
+
+
+def replay_dir(replay: Path | None, model: str | None) -> tuple[Path | None, str | None]:
+    """--model replay:DIR is --replay DIR (so the campaign saves DIR made absolute, for `resume`)."""
+    if replay is None and model and model.strip().lower().startswith("replay:"):
+        return Path(model.strip().split(":", 1)[1]), None
+    return replay, model
+
+
+def replay_verdict(model: str | None, rc: int) -> int:
+    """After a replayed run: how many calls were answered, and exit 1 if any request missed."""
+    if not model or not model.lower().startswith("replay:"):
+        return rc
+    from ideaforge.llm.replay import replayer
+
+    r = replayer(model.split(":", 1)[1])
+    say(f"replay: {r.answered} model call(s) answered from {r.root}, {len(r.misses)} missed")
+    if r.misses:
+        say(f"REPLAY FAILED: {r.misses[0]}")
+        return rc or 1
+    return rc
+
+
 @app.command(epilog="Cost: (baseline-seeds + epochs x ideas + confirm-top x (confirm-seeds - 1)) trials, each "
              "--budget seconds of training, --slots at a time; with the defaults on nanogpt-cpu and 2 cores, "
              "41 trials x 60 s / 2 slots = about 21 min of training (measured: 22.6 min in all). The plan is "
@@ -85,6 +131,7 @@ def run(
         "openai-compatible:NAME@http://127.0.0.1:8000/v1 [default: $IDEAFORGE_MODEL, else claude-sonnet-4-5 "
         "if ANTHROPIC_API_KEY is set, else gpt-5 if OPENAI_API_KEY is set, else none: the offline ideators]")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="use the offline ideators even when a key is set")] = False,
+    replay: Annotated[Optional[Path], typer.Option("--replay", metavar="DIR", help=REPLAY_HELP)] = None,
     mode: Annotated[Mode, typer.Option(help="evolve: Algorithm 1 (exploit winners, explore history); best-of-n: "
                                       "the no-feedback control")] = Mode(D.mode),
     epochs: Annotated[int, typer.Option(callback=bound(1), help="search epochs (>= 1), numbered 0..epochs-1")] = D.epochs,
@@ -119,7 +166,8 @@ def run(
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
     mode = Mode(mode).value
     spec = load_env(env, profile=profile)
-    chosen = choose_model(model, offline)
+    replay, model = replay_dir(replay, model)
+    chosen = replay_choice(replay, model, offline) if replay is not None else choose_model(model, offline)
     _check_model(chosen)
     cfg = SearchConfig(mode=mode, epochs=epochs, ideas=ideas, budget_s=budget, baseline_seeds=baseline_seeds,
                        confirm_top=confirm_top, confirm_seeds=confirm_seeds, model=chosen, samples=samples,
@@ -134,7 +182,7 @@ def run(
         say(f"model: {chosen} ideates and implements")
     say(f"campaign {campaign.root}: {spec.name}, {cfg.mode}, {spec.metric} ({spec.goal})")
     say_plan(cfg, spec.budget_s, ex.slots)
-    return run_search(campaign, cfg, ex)
+    return replay_verdict(chosen, run_search(campaign, cfg, ex))
 
 
 @app.command()
@@ -173,7 +221,7 @@ def resume(
     if campaign.env_changed():
         say("note: the environment's files changed since the campaign started; trials keep using the snapshot")
     say(f"resuming {campaign.root}")
-    return run_search(campaign, cfg, make_executor(choice, campaign))
+    return replay_verdict(cfg.model, run_search(campaign, cfg, make_executor(choice, campaign)))
 
 
 def summarize(values: list[float]) -> str:

@@ -26,6 +26,7 @@ from ideaforge.execute.events import Events, Finished
 from ideaforge.execute.record import TrialRecord
 
 WORKER_MODULE = "ideaforge.execute.worker"
+START_WAIT_S = 3600.0  # longer than any smoke lease (each ends at its smoke timeout); past it a slot is lost: a bug
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the directory holding ideaforge/
 
 
@@ -97,7 +98,9 @@ class LocalExecutor:
     def start(self, trial_id: int, trial_dir: Path, gpus: int = 0) -> int:
         """Hand a prepared trial directory to a detached worker; returns the worker's pid."""
         with self._lock:
-            if not self._free(gpus):
+            # A smoke lease may have taken the slot since can_start() (the trial directory was being
+            # prepared meanwhile); it ends within its own time limit, so wait for it as a lease would.
+            if not self._lock.wait_for(lambda: self._free(gpus), timeout=START_WAIT_S):
                 raise ExecutionError(f"no free slot for trial {trial_id}")
             lease, self._free_gpus = self._free_gpus[:gpus], self._free_gpus[gpus:]
             proc = self._idle.pop() if self._idle else None

@@ -107,9 +107,16 @@ def complete(
     try:
         m = parse_model(model)
         rec.model = m.spec
-        call = _prepare(m, messages, system, max_tokens, temperature, thinking_budget, reasoning_effort, retry)
-        text, tin, tout = _with_retries(m, call, retry, rec)
-        cost = cost_usd(m, tin, tout, load_prices() if prices is None else prices)
+        if m.provider == "replay":  # the recorded reply, its token counts, and no cost (llm/replay.py)
+            from ideaforge.llm.replay import replayer
+
+            rec.attempts = 1
+            text, tin, tout = replayer(m.name).answer(system, messages, purpose)
+            cost = 0.0
+        else:
+            call = _prepare(m, messages, system, max_tokens, temperature, thinking_budget, reasoning_effort, retry)
+            text, tin, tout = _with_retries(m, call, retry, rec)
+            cost = cost_usd(m, tin, tout, load_prices() if prices is None else prices)
     except Exception as e:
         rec.error = f"{type(e).__name__}: {e}"
         rec.latency_s = time.perf_counter() - t0

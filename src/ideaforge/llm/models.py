@@ -59,6 +59,10 @@ def parse_model(spec: str | Model) -> Model:
         raise LLMError(f"bad model {spec!r}: expected PROVIDER:NAME, e.g. {_EXAMPLES}")
     provider, _, rest = spec.strip().partition(":")
     provider = provider.strip().lower()
+    if provider == "replay":  # replay:DIR answers from a campaign's recorded calls (llm/replay.py)
+        if not rest.strip():
+            raise LLMError(f"bad model {spec!r}: give the recorded campaign's directory, e.g. replay:runs/my-campaign")
+        return Model("replay", rest.strip())
     if provider not in PROVIDERS:
         raise LLMError(
             f"bad model {spec!r}: unknown provider {provider!r} (known: {', '.join(PROVIDERS)}); "
@@ -84,6 +88,8 @@ def parse_model(spec: str | Model) -> Model:
 
 def api_key(model: Model) -> str:
     """The key for `model` from the environment; raises MissingKey (see check_key)."""
+    if model.provider == "replay":
+        return DUMMY_KEY
     key = os.environ.get(model.api_key_env, "").strip()
     if key:
         return key
@@ -99,6 +105,10 @@ def api_key(model: Model) -> str:
 def check_key(model: Model | str) -> Model:
     """Fail early, before any work starts, when the model's key is not set. Returns the parsed model."""
     m = parse_model(model)
+    if m.provider == "replay":
+        from ideaforge.llm.replay import check_dir
+
+        check_dir(m.name)
     api_key(m)
     return m
 
