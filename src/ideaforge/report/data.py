@@ -118,6 +118,8 @@ def _summary(store: Store, facts: dict, config: dict, search: dict, ideas: list[
         "ideas": len(ideas),
         "trials": status,
         "requeues": sum(t.get("requeues", 0) for t in trials),
+        "machine": store.get_meta("machine"),  # {features, cpu, gpus}: scores depend on it
+        "catalogue_skipped": store.get_meta("catalogue_skipped") or [],  # [{id, title, lacks}]
         "budget_s": search.get("budget_s") or facts.get("budget_s"),
         "config": config,
     }

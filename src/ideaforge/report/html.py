@@ -134,6 +134,12 @@ def _summary(data: dict) -> str:
         ("wall time", _duration(s["wall_s"])),
         ("training budget", f'{fmt(s["budget_s"], 4)} s/trial' if s["budget_s"] else "–"),
     ]
+    if s.get("machine"):
+        m = s["machine"]
+        cards.append(("machine", f'{m.get("cpu") or "?"}; {", ".join(m.get("features", [])) or "no avx2/avx512"}; '
+                                 f'GPUs: {", ".join(m.get("gpus", [])) or "none"}'))
+    for k in s.get("catalogue_skipped", []):  # flagged: a hardware-dependent idea this machine could not test
+        cards.append(("skipped: needs " + ", ".join(k["lacks"]), f'catalogue idea {k["id"]}: {k["title"]}'))
     body = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
                    for k, v in cards)
     table = ""

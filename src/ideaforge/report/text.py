@@ -61,7 +61,7 @@ def status_lines(store: Store, env: str | None = None, metric: str | None = None
     hours = store.trial_hours()
     out += ["", f"spend: ${store.llm_spend():.2f} on model calls, {hours * cpus:.2f} CPU-h, {hours * gpus:.2f} GPU-h "
                 f"of trials, {store.get_meta('elapsed_s', 0.0) / 60:.1f} min wall"]
-    out += isolation_lines(store)
+    out += isolation_lines(store) + machine_lines(store)
     if store.get_meta("stopped"):
         out.append(f"stopped early: {store.get_meta('stopped')}")
     out += requeue_lines(store)
@@ -82,6 +82,18 @@ def drift_lines(store: Store) -> list[str]:
         done = f"{d['evaluated']}/{d['trials']}"
         out.append(f"{d['epoch']:>5} {d['side']:<10} {done:>6} {_fmt(d['mean']):>10} "
                    f"{steps:>8} {tokens:>10} {cpu:>7}")
+    return out
+
+
+def machine_lines(store: Store) -> list[str]:
+    """The hardware the campaign ran on, and the catalogue ideas skipped for lack of it."""
+    machine = store.get_meta("machine")
+    out = []
+    if machine:
+        out.append(f"machine: {machine.get('cpu') or '?'}; CPU features {', '.join(machine.get('features', [])) or '-'}; "
+                   f"GPUs {', '.join(machine.get('gpus', [])) or 'none'}")
+    for s in store.get_meta("catalogue_skipped") or []:
+        out.append(f"skipped on this machine: catalogue idea {s['id']} ({s['title']}): lacks {', '.join(s['lacks'])}")
     return out
 
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from ideaforge.envs.workspace import read_files
 from ideaforge.errors import DiskFull, StoreError
 from ideaforge.ideate import Context, Idea, ScoredIdea
+from ideaforge.ideate.catalogue import machine_features
 from ideaforge.ideate.dedup import DedupIndex
 from ideaforge.implement.implementer import Implementation, Implementer
 from ideaforge.search.assemble import record_implementation
@@ -106,6 +107,7 @@ class Search:
 
     def _run(self) -> str:
         self.runner.recover()
+        self.record_machine()
         if not self.store.trials(role="baseline"):
             with self.store.tx():
                 for s in range(self.cfg.baseline_seeds):
@@ -154,6 +156,18 @@ class Search:
         if cfg.max_gpu_hours is not None and gpu_h >= cfg.max_gpu_hours:
             return f"trial compute {gpu_h:.2f} GPU-hours reached the limit of {cfg.max_gpu_hours:.2f}"
         return None
+
+    def record_machine(self) -> None:
+        """The hardware next to the baseline (meta `machine`, once), and the catalogue ideas skipped
+        because it lacks what they need (meta `catalogue_skipped`), each said once in the log."""
+        if self.store.get_meta("machine") is None:
+            self.store.set_meta("machine", machine_features())
+        skipped = [{"id": cid, "title": title, "lacks": lacks}
+                   for cid, title, lacks in getattr(self.ideator, "skipped", [])]
+        for s in skipped:
+            self.emit("log", {"message": f"  catalogue idea {s['id']} ({s['title']}) skipped: this machine lacks "
+                                         f"{', '.join(s['lacks'])}"})
+        self.store.set_meta("catalogue_skipped", skipped)
 
     def queue_baselines(self, epoch: int, n: int) -> None:
         """Queue `n` baseline trials (fresh seeds) to run beside this epoch's candidates, once per epoch
