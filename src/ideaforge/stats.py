@@ -12,8 +12,8 @@ later epoch then moves both sides, not only the candidate.
 
 Two tests:
 - during the search (one seed per idea): a z-score against the contemporaneous
-  baseline mean, with the baseline's seed-to-seed std, `beats` when z > 2 — cheap,
-  uncorrected, used only to pick parents for exploit ideas;
+  baseline mean, with the seed-to-seed std of all baseline trials (drift only widens
+  it), `beats` when z > 2 — cheap, uncorrected, used to pick parents for exploit ideas;
 - once an idea has ≥ 2 evaluated seeds (the confirmation): Welch's t-test against its
   contemporaneous baseline trials, one-sided, with Holm's correction over every idea
   compared (ideas without a test count with p = 1). That verdict is the leaderboard's
