@@ -177,7 +177,7 @@ def test_campaign_lines_use_idea_ids_and_epochs_from_0(tmp_path):
     out = _cli("run", "--env", str(env), "--dir", str(camp), "--epochs", "2", "--ideas", "1", "--confirm-top", "1",
                "--confirm-seeds", "2", "--baseline-seeds", "2", "--slots", "2", "--offline", cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "plan: 5 trials (2 baseline + 2 epochs x 1 ideas + 1 x 1 confirmation runs)" in out.stdout
+    assert "plan: 8 trials (2 baseline + 3 baseline re-runs + 2 epochs x 1 ideas + 1 x 1 confirmation runs)" in out.stdout
     assert "== epoch 0 (epochs 0..1) ==" in out.stdout and "== epoch 1 (epochs 0..1) ==" in out.stdout
     store = Store.open_readonly(camp)
     idea_of = {i["id"]: i["idea_id"] for i in store.implementations()}

@@ -58,7 +58,8 @@ def test_catalogue_shape():
     assert 10 <= len(IDEAS) <= 14
     assert len(set(IDS)) == len(IDS)
     for idea in IDEAS:
-        assert set(idea) == {"id", "title", "description", "edit"}, idea["id"]
+        assert {"id", "title", "description", "edit"} <= set(idea) <= {"id", "title", "description", "edit",
+                                                                       "requires"}, idea["id"]
         assert idea["title"].strip() and idea["description"].strip()
     assert ENV.classify("catalogue/ideas.toml") is None  # never copied into a workspace nor shown
 

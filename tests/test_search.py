@@ -79,7 +79,7 @@ def test_offline_evolution_improves_and_confirms(tmp_path):
                        confirm_seeds=3)
     store = camp.store
     base, rows = leaderboard(store, "max")
-    assert base.n == 3
+    assert base.n == 3 + 2 + 3  # at the start, one in each later epoch, beside the confirmation
     best = rows[0]
     assert best["stats"].n == 3 and best["beats"]
     assert best["stats"].mean > base.mean + 5

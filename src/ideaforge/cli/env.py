@@ -18,6 +18,12 @@ from ideaforge.envs.workspace import read_files
 CHECK_BUDGET_S = 15.0  # `env check` trains at most this long by default: it checks the wiring, not the score
 
 
+def machine_line(machine: dict) -> str:
+    return (f"machine: {machine.get('cpu') or 'CPU model unknown'}; features: "
+            f"{', '.join(machine.get('features', [])) or 'none of ' + 'avx2/avx512f/avx512_bf16/amx_bf16'}; "
+            f"GPUs: {', '.join(machine.get('gpus', [])) or 'none'}")
+
+
 @env_app.command("list")
 def env_list() -> int:
     """The built-in environments: metric, budget and resources of each."""
@@ -102,6 +108,11 @@ def env_check(
     try:
         campaign = Campaign.create(root, spec, {"command": "env check", "budget_s": budget_s})
         tid = campaign.store.add_trial("check", seed=0, budget_s=budget_s)
+        from ideaforge.ideate.catalogue import machine_features
+
+        machine = machine_features()
+        campaign.store.set_meta("machine", machine)  # next to the baseline it measures: scores depend on it
+        say(machine_line(machine))
         say(f"running the baseline once with a {budget_s:.0f} s budget ...")
         run_trials(campaign, make_executor(choice, campaign), 1, budget_s, f"ideaforge env check {env}")
         t = campaign.store.trial(tid)

@@ -38,7 +38,10 @@ def run_trials(campaign: Campaign, executor, planned: int, budget_s: float, resu
 
 def say_plan(cfg: SearchConfig, spec_budget_s: float, slots: int) -> None:
     p = plan(cfg, spec_budget_s, slots)
-    say(f"plan: {p.trials} trials ({cfg.baseline_seeds} baseline + {cfg.epochs} epochs x {cfg.ideas} ideas + "
+    rerun = p.trials - cfg.baseline_seeds - cfg.epochs * cfg.ideas \
+        - min(cfg.confirm_top, cfg.epochs * cfg.ideas) * max(0, cfg.confirm_seeds - 1)
+    say(f"plan: {p.trials} trials ({cfg.baseline_seeds} baseline + {rerun} baseline re-runs + "
+        f"{cfg.epochs} epochs x {cfg.ideas} ideas + "
         f"{min(cfg.confirm_top, cfg.epochs * cfg.ideas)} x {max(0, cfg.confirm_seeds - 1)} confirmation runs) of {p.budget_s:.0f} s on {p.slots} "
         f"slot(s): about {fmt_duration(p.wall_s)} of training, plus evaluation and ideation"
         + (f"; stops after {fmt_duration(cfg.max_wall_s)} of wall time" if cfg.max_wall_s else ""))
@@ -139,6 +142,9 @@ def run(
     budget: Annotated[Optional[float], typer.Option(callback=bound(0, open_=True, unit="seconds"), help=BUDGET_HELP)] = None,
     baseline_seeds: Annotated[int, typer.Option(callback=bound(1), help="baseline trials at the start, each with "
                                                 "its own seed: the noise floor ideas must beat (>= 1)")] = D.baseline_seeds,
+    baseline_every_epoch: Annotated[int, typer.Option(callback=bound(0), help="baseline trials re-run beside each "
+                                                      "later epoch and the confirmation, so ideas are judged against "
+                                                      "a baseline measured under the same load (>= 0)")] = D.baseline_every_epoch,
     confirm_top: Annotated[int, typer.Option(callback=bound(0), help="best ideas re-run with more seeds at the end "
                                              "(>= 0)")] = D.confirm_top,
     confirm_seeds: Annotated[int, typer.Option(callback=bound(1), help="seeds each confirmed idea ends with "
@@ -170,7 +176,7 @@ def run(
     chosen = replay_choice(replay, model, offline) if replay is not None else choose_model(model, offline)
     _check_model(chosen)
     cfg = SearchConfig(mode=mode, epochs=epochs, ideas=ideas, budget_s=budget, baseline_seeds=baseline_seeds,
-                       confirm_top=confirm_top, confirm_seeds=confirm_seeds, model=chosen, samples=samples,
+                       baseline_every_epoch=baseline_every_epoch, confirm_top=confirm_top, confirm_seeds=confirm_seeds, model=chosen, samples=samples,
                        repairs=repairs, seed=seed, max_wall_s=max_wall, max_usd=max_usd, max_cpu_hours=max_cpu_hours,
                        max_gpu_hours=max_gpu_hours)
     campaign = Campaign.create(dir or default_dir(mode, spec.name), spec, {"command": "run", "search": config_dict(cfg)})

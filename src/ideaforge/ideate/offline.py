@@ -19,6 +19,7 @@ class OfflineIdeator:
 
     def __init__(self, spec: EnvSpec):
         self.catalogue = CatalogueIdeator(spec)
+        self.skipped = self.catalogue.skipped  # catalogue ideas this machine's hardware lacks the features for
         self.numeric = NumericIdeator()
 
     def initial(self, ctx: Context, n: int) -> list[Idea]:

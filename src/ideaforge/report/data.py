@@ -7,7 +7,9 @@ the renderers never touch the database. Shape (keys that matter):
     baseline     {mean, std, n, values} | None           (evaluated baseline trials)
     epochs       [{epoch, ideas, evaluated, exec_rate, values, best_so_far, outcomes}]
     series       best-so-far per epoch, one entry per search arm (evolve / best-of-N)
-    leaderboard  rows of stats.leaderboard, best first, Stats flattened to mean/std/n
+    leaderboard  rows of stats.leaderboard, best first, Stats flattened to mean/std/n, with the
+                 contemporaneous baseline, the Welch p, its Holm-adjusted p and the verdict's words
+    drift        stats.drift: per epoch, baseline re-runs and candidates with median steps/tokens/CPU s
     ideas        every idea with parents, children, implementations, trials, log tails
     state        what the live view polls (see `campaign_state`)
 
@@ -24,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ideaforge.stats import Stats, leaderboard
+from ideaforge.stats import ALPHA, Stats, drift, leaderboard, trial_work, verdict
 from ideaforge.outcomes import IDEA_OUTCOMES
 from ideaforge.store import Store
 from ideaforge.report.rlview import rl_data
@@ -70,6 +72,9 @@ def _load(store: Store, details: bool = True) -> dict[str, Any]:
         "epochs": epochs,
         "series": _series(ideas_out, goal, label_prefix=""),
         "leaderboard": [_row(r) for r in rows],
+        "compared": sum(r["stats"] is not None for r in rows),  # the number Holm corrects for
+        "alpha": ALPHA,
+        "drift": drift(store),
         "ideas": ideas_out,
         "baseline_trials": [_trial(store, t) for t in trials if t["role"] == "baseline"],
         "state": campaign_state(store),
@@ -116,6 +121,8 @@ def _summary(store: Store, facts: dict, config: dict, search: dict, ideas: list[
         "trials": status,
         "requeues": sum(t.get("requeues", 0) for t in trials),
         "isolation": store.isolation_counts(),
+        "machine": store.get_meta("machine"),  # {features, cpu, gpus}: scores depend on it
+        "catalogue_skipped": store.get_meta("catalogue_skipped") or [],  # [{id, title, lacks}]
         "budget_s": search.get("budget_s") or facts.get("budget_s"),
         "config": config,
     }
@@ -134,6 +141,9 @@ def _row(r: dict) -> dict[str, Any]:
         "idea_id": r["idea_id"], "title": r["title"], "epoch": r["epoch"], "kind": r["kind"],
         "parents": r["parents"], "outcome": r["outcome"], "trials": r["trials"], "beats": r["beats"],
         "z": r["z"], "mean": st.mean if st else None, "std": st.std if st else None, "n": st.n if st else 0,
+        "test": r["test"], "p": r["welch"].p if r["welch"] else None, "p_adj": r["p_adj"], "verdict": verdict(r),
+        "near": ({"mean": r["baseline"].mean, "std": r["baseline"].std, "n": r["baseline"].n}
+                 if r["baseline"] else None),
     }
 
 
@@ -207,7 +217,8 @@ def _trial(store: Store, t: dict) -> dict[str, Any]:
         "id": t["id"], "role": t["role"], "seed": t["seed"], "status": t["status"], "outcome": t["outcome"],
         "metric": t["metric"], "metrics": t["metrics"], "reason": t["reason"], "exit_code": t["exit_code"],
         "train_s": t["train_s"], "eval_s": t["eval_s"], "budget_s": t["budget_s"], "curve": t["curve"],
-        "requeues": t.get("requeues", 0),
+        "requeues": t.get("requeues", 0), "isolation": t.get("isolation"),
+        **trial_work(t),  # steps, tokens, cpu_s: what this trial got to do in its budget
         "logs": {name: tail for name in LOGS if (tail := log_tail(tdir / name))},
     }
 

@@ -136,6 +136,12 @@ def _summary(data: dict) -> str:
         ("wall time", _duration(s["wall_s"])),
         ("training budget", f'{fmt(s["budget_s"], 4)} s/trial' if s["budget_s"] else "–"),
     ]
+    if s.get("machine"):
+        m = s["machine"]
+        cards.append(("machine", f'{m.get("cpu") or "?"}; {", ".join(m.get("features", [])) or "no avx2/avx512"}; '
+                                 f'GPUs: {", ".join(m.get("gpus", [])) or "none"}'))
+    for k in s.get("catalogue_skipped", []):  # flagged: a hardware-dependent idea this machine could not test
+        cards.append(("skipped: needs " + ", ".join(k["lacks"]), f'catalogue idea {k["id"]}: {k["title"]}'))
     body = "".join(f'<div class="card"><div class="k">{esc(k)}</div><div class="v">{esc(v)}</div></div>'
                    for k, v in cards)
     table = ""
@@ -193,14 +199,48 @@ def _leaderboard(data: dict) -> str:
             f'<td class="title">{esc(r["title"])}</td><td class="num">{r["epoch"]}</td><td>{esc(r["kind"])}</td>'
             f'<td class="num mean">{esc(meanstd)}</td><td class="num">{r["n"]}</td>'
             f'<td class="num">{fmt(r["z"], 3) if r["z"] is not None else "–"}</td>'
-            f'<td>{"✔" if r["beats"] else ""}</td><td>{_outcome_badge(r["outcome"])}</td></tr>')
+            f'<td class="num near">{_near(r.get("near"))}</td>'
+            f'<td class="num p">{_p(r)}</td>'
+            f'<td title="{esc(r.get("verdict", ""))}">{"✔" if r["beats"] else ""}</td><td>{_outcome_badge(r["outcome"])}</td></tr>')
     b = data["baseline"]
-    cap = (f'Baseline {fmt(b["mean"], 5)} ± {fmt(b["std"], 3)} (n={b["n"]}). An idea beats it when its mean is better '
-           f'by more than 2 standard errors of the difference (z &gt; 2).') if b else "Baseline not measured yet."
+    cap = (f'Baseline {fmt(b["mean"], 5)} ± {fmt(b["std"], 3)} (n={b["n"]}, all epochs). Each idea is compared with the '
+           f'baseline trials of its own epochs (±1; "same-epoch baseline"). With one seed it beats it when better by '
+           f'more than 2 standard errors (z &gt; 2, uncorrected); with several (confirmation), when a one-sided Welch '
+           f't-test is significant after Holm\'s correction over the {data.get("compared", 0)} ideas compared '
+           f'(adjusted p &lt; {data.get("alpha", 0.05)}).') if b else "Baseline not measured yet."
     return ('<section id="leaderboard-section"><h2>Leaderboard</h2><table id="leaderboard">'
             f'<caption>{cap}</caption><thead><tr><th>#</th><th>idea</th><th>title</th><th>epoch</th><th>kind</th>'
-            f'<th>{esc(data["summary"]["metric"])} mean ± std</th><th>n</th><th>z</th><th>beats</th><th>outcome</th>'
-            f'</tr></thead><tbody>{"".join(out)}</tbody></table></section>')
+            f'<th>{esc(data["summary"]["metric"])} mean ± std</th><th>n</th><th>z</th><th>same-epoch baseline</th>'
+            f'<th>p (Holm)</th><th>beats</th><th>outcome</th>'
+            f'</tr></thead><tbody>{"".join(out)}</tbody></table></section>') + _drift(data)
+
+
+def _near(near: dict | None) -> str:
+    if not near:
+        return "–"
+    return esc(f'{fmt(near["mean"], 5)}' + (f' ± {fmt(near["std"], 3)}' if near["n"] > 1 else "") + f' (n={near["n"]})')
+
+
+def _p(r: dict) -> str:
+    return "–" if r.get("p") is None else esc(f'{r["p"]:.3g} ({r["p_adj"]:.3g})')
+
+
+def _drift(data: dict) -> str:
+    """Baseline re-runs beside candidates, epoch by epoch: load drift shows as steps and CPU seconds."""
+    rows = data.get("drift") or []
+    if not rows:
+        return ""
+    num = lambda v, d=1: "–" if v is None else fmt(v, d)
+    body = "".join(
+        f'<tr class="drift-{esc(d["side"])}"><td class="num">{d["epoch"]}</td><td>{esc(d["side"])}</td>'
+        f'<td class="num">{d["evaluated"]}/{d["trials"]}</td><td class="num">{num(d["mean"], 5)}</td>'
+        f'<td class="num">{num(d["steps"], 4)}</td><td class="num">{num(d["tokens"], 4)}</td>'
+        f'<td class="num">{num(d["cpu_s"], 3)}</td></tr>' for d in rows)
+    return ('<section id="drift-section"><h2>Baseline re-runs and drift</h2><table id="drift" class="small">'
+            '<caption>Per epoch (the last, after the search, is the confirmation): evaluated trials, mean metric, and '
+            'the median steps, tokens and training CPU seconds per trial.</caption><thead><tr><th>epoch</th>'
+            '<th>side</th><th>evaluated</th><th>mean</th><th>steps</th><th>tokens</th><th>CPU s</th></tr></thead>'
+            f'<tbody>{body}</tbody></table></section>')
 
 
 def _outcome_badge(outcome: str | None) -> str:
@@ -311,9 +351,11 @@ def _trials_table(trials: list[dict]) -> str:
         f'<td class="num">{fmt(t["metric"], 5) if t["metric"] is not None else "–"}</td>'
         f'<td class="num">{fmt(t["train_s"], 3) if t["train_s"] is not None else "–"}</td>'
         f'<td class="num">{fmt(t["eval_s"], 3) if t["eval_s"] is not None else "–"}</td>'
+        f'<td class="num">{fmt(t.get("cpu_s"), 3)}</td><td class="num">{fmt(t.get("steps"), 6)}</td>'
+        f'<td class="num">{fmt(t.get("tokens"), 4)}</td>'
         f'<td class="reason">{esc(t["reason"] or "")}</td></tr>' for t in trials)
     return ('<table class="small trials"><thead><tr><th>trial</th><th>role</th><th>seed</th><th>outcome</th>'
-            f'<th>metric</th><th>train s</th><th>eval s</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>')
+            f'<th>metric</th><th>train s</th><th>eval s</th><th>CPU s</th><th>steps</th><th>tokens</th><th>reason</th></tr></thead><tbody>{rows}</tbody></table>')
 
 
 def _logs(trials: list[dict]) -> str:

@@ -7,7 +7,7 @@ from typing import Callable
 
 from ideaforge.report.data import log_tail
 from ideaforge.report.rlview import rl_status_lines
-from ideaforge.stats import leaderboard
+from ideaforge.stats import ALPHA, drift, leaderboard, verdict
 from ideaforge.store import Store
 
 
@@ -30,11 +30,18 @@ def status_lines(store: Store, env: str | None = None, metric: str | None = None
     base, rows = leaderboard(store, goal)
     out = [f"{env}: {metric} ({'lower' if goal == 'min' else 'higher'} is better)",
            f"baseline: {base.fmt() if base else 'not measured yet'}", "",
-           f"{'rank':>4} {'idea':>5} {'epoch':>5}  {metric + ' mean ± std (n)':<28} {'vs baseline':<28} title"]
+           f"{'rank':>4} {'idea':>5} {'epoch':>5}  {metric + ' mean ± std (n)':<28} "
+           f"{'contemporaneous baseline':<28} {'vs that baseline':<48} title"]
     for i, r in enumerate([r for r in rows if r["stats"]][:top], 1):
-        verdict = ("beats, beyond noise" if r["beats"] else "within noise" if r["z"] is not None and r["z"] > 0
-                   else "worse or equal") + (f" (z={r['z']:.1f})" if r["z"] is not None else "")
-        out.append(f"{i:>4} {r['idea_id']:>5} {r['epoch']:>5}  {r['stats'].fmt():<28} {verdict:<28} {r['title'][:60]}")
+        near = r["baseline"].fmt() if r["baseline"] else "-"
+        out.append(f"{i:>4} {r['idea_id']:>5} {r['epoch']:>5}  {r['stats'].fmt():<28} {near:<28} "
+                   f"{verdict(r):<48} {r['title'][:60]}")
+    n_compared = sum(r["stats"] is not None for r in rows)
+    if any(r["test"] == "welch-holm" for r in rows):
+        out.append(f"verdicts with p: one-sided Welch t-test against the baseline trials of the same epochs (±1), "
+                   f"Holm-corrected over the {n_compared} ideas compared (beyond noise: adjusted p < {ALPHA}); "
+                   f"with z: one seed, uncorrected")
+    out += drift_lines(store)
     out += ["", f"{'epoch':>5} {'ideas':>5} {'executed':>8} {'best':>10} {'mean':>10}  failures"]
     ideas = store.idea_heads()
     for epoch in sorted({i["epoch"] for i in ideas}):
@@ -57,10 +64,39 @@ def status_lines(store: Store, env: str | None = None, metric: str | None = None
     hours = store.trial_hours()
     out += ["", f"spend: ${store.llm_spend():.2f} on model calls, {hours * cpus:.2f} CPU-h, {hours * gpus:.2f} GPU-h "
                 f"of trials, {store.get_meta('elapsed_s', 0.0) / 60:.1f} min wall"]
-    out += isolation_lines(store)
+    out += isolation_lines(store) + machine_lines(store)
     if store.get_meta("stopped"):
         out.append(f"stopped early: {store.get_meta('stopped')}")
     out += requeue_lines(store)
+    return out
+
+
+def drift_lines(store: Store) -> list[str]:
+    """Baseline re-runs and candidates per epoch, with what they got to do: drift made visible."""
+    rows = drift(store)
+    if not rows:
+        return []
+    out = ["", f"{'epoch':>5} {'side':<10} {'trials':>6} {'mean':>10} {'steps':>8} {'tokens':>10} {'CPU s':>7}  "
+               "(medians per trial; the last epoch after the search is the confirmation)"]
+    for d in rows:
+        tokens = "-" if d["tokens"] is None else f"{d['tokens']:.0f}"
+        steps = "-" if d["steps"] is None else f"{d['steps']:.0f}"
+        cpu = "-" if d["cpu_s"] is None else f"{d['cpu_s']:.1f}"
+        done = f"{d['evaluated']}/{d['trials']}"
+        out.append(f"{d['epoch']:>5} {d['side']:<10} {done:>6} {_fmt(d['mean']):>10} "
+                   f"{steps:>8} {tokens:>10} {cpu:>7}")
+    return out
+
+
+def machine_lines(store: Store) -> list[str]:
+    """The hardware the campaign ran on, and the catalogue ideas skipped for lack of it."""
+    machine = store.get_meta("machine")
+    out = []
+    if machine:
+        out.append(f"machine: {machine.get('cpu') or '?'}; CPU features {', '.join(machine.get('features', [])) or '-'}; "
+                   f"GPUs {', '.join(machine.get('gpus', [])) or 'none'}")
+    for s in store.get_meta("catalogue_skipped") or []:
+        out.append(f"skipped on this machine: catalogue idea {s['id']} ({s['title']}): lacks {', '.join(s['lacks'])}")
     return out
 
 

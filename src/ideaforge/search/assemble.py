@@ -85,7 +85,7 @@ def implement_one(campaign: Campaign, idea: str, model: str, *, samples: int, re
 @dataclass(frozen=True)
 class Plan:
     """What a campaign will run: trials, and the wall time they take if every slot stays busy."""
-    trials: int          # baseline seeds + one trial per idea + the confirmation re-runs
+    trials: int          # baseline seeds (start, per epoch, confirmation) + one trial per idea + confirmation re-runs
     budget_s: float      # training seconds per trial
     slots: int           # trials at once
     wall_s: float        # trials x budget / slots: training time only (evaluation and ideation add to it)
@@ -95,6 +95,8 @@ def plan(cfg: "SearchConfig", spec_budget_s: float, slots: int) -> Plan:
     budget = cfg.budget_s or spec_budget_s
     confirmed = min(cfg.confirm_top, cfg.epochs * cfg.ideas)
     trials = cfg.baseline_seeds + cfg.epochs * cfg.ideas + confirmed * max(0, cfg.confirm_seeds - 1)
+    every = cfg.baseline_every_epoch  # baselines re-run beside later epochs and the confirmation
+    trials += every * max(0, cfg.epochs - 1) + (max(2, cfg.confirm_seeds) if every and confirmed else 0)
     slots = max(1, slots)
     waves = -(-trials // slots)  # ceil: a wave of `slots` trials takes one budget
     return Plan(trials, budget, slots, waves * budget)

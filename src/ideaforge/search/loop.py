@@ -23,11 +23,12 @@ from dataclasses import asdict, dataclass
 from ideaforge.envs.workspace import read_files
 from ideaforge.errors import DiskFull, StoreError
 from ideaforge.ideate import Context, Idea, ScoredIdea
+from ideaforge.ideate.catalogue import machine_features
 from ideaforge.ideate.dedup import DedupIndex
 from ideaforge.implement.implementer import Implementation, Implementer
 from ideaforge.search.assemble import record_implementation
 from ideaforge.search.campaign import Campaign, Progress, TrialRunner
-from ideaforge.stats import Stats, beats, leaderboard
+from ideaforge.stats import EPOCHS_META, Stats, leaderboard, trial_epochs
 
 
 @dataclass
@@ -37,6 +38,8 @@ class SearchConfig:
     ideas: int = 8                 # ideas per epoch
     budget_s: float | None = None  # training seconds per trial; None = the environment's
     baseline_seeds: int = 3        # seeds of the baseline measured at the start: the noise floor
+    baseline_every_epoch: int = 1  # baseline trials re-run in each later epoch (and per confirm seed at the end),
+                                   # so candidates are judged against a baseline measured under the same load
     confirm_top: int = 3           # best ideas re-run at the end ...
     confirm_seeds: int = 3         # ... until each has this many seeds
     model: str | None = None       # None: offline ideators, ideas carry their own edits
@@ -104,6 +107,7 @@ class Search:
 
     def _run(self) -> str:
         self.runner.recover()
+        self.record_machine()
         if not self.store.trials(role="baseline"):
             with self.store.tx():
                 for s in range(self.cfg.baseline_seeds):
@@ -113,6 +117,8 @@ class Search:
             if why := self.exhausted():
                 return self._stop(why)
             self.emit("epoch", {"epoch": epoch, "epochs": self.cfg.epochs})
+            if epoch > 0:  # epoch 0 runs beside the start's baseline seeds
+                self.queue_baselines(epoch, self.cfg.baseline_every_epoch)
             ideas = self.ideas_for(epoch)
             self.implement_and_run(ideas)
             self.store.set_meta("epochs_done", epoch + 1)
@@ -151,9 +157,34 @@ class Search:
             return f"trial compute {gpu_h:.2f} GPU-hours reached the limit of {cfg.max_gpu_hours:.2f}"
         return None
 
+    def record_machine(self) -> None:
+        """The hardware next to the baseline (meta `machine`, once), and the catalogue ideas skipped
+        because it lacks what they need (meta `catalogue_skipped`), each said once in the log."""
+        if self.store.get_meta("machine") is None:
+            self.store.set_meta("machine", machine_features())
+        skipped = [{"id": cid, "title": title, "lacks": lacks}
+                   for cid, title, lacks in getattr(self.ideator, "skipped", [])]
+        for s in skipped:
+            self.emit("log", {"message": f"  catalogue idea {s['id']} ({s['title']}) skipped: this machine lacks "
+                                         f"{', '.join(s['lacks'])}"})
+        self.store.set_meta("catalogue_skipped", skipped)
+
+    def queue_baselines(self, epoch: int, n: int) -> None:
+        """Queue `n` baseline trials (fresh seeds) to run beside this epoch's candidates, once per epoch
+        even across a resume; their epoch is kept in the meta key stats.EPOCHS_META."""
+        recorded = trial_epochs(self.store)
+        baselines = self.store.trials(role="baseline")
+        if n <= 0 or any(recorded.get(t["id"]) == epoch for t in baselines):
+            return
+        seed = max((t["seed"] for t in baselines), default=-1) + 1
+        with self.store.tx():
+            for s in range(seed, seed + n):
+                recorded[self.store.add_trial("baseline", seed=s, budget_s=self.budget_s)] = epoch
+            self.store.set_meta(EPOCHS_META, recorded)
+
     # -- ideation ---------------------------------------------------------------------------
     def scored(self) -> list[ScoredIdea]:
-        base, rows = leaderboard(self.store, self.spec.goal)
+        _, rows = leaderboard(self.store, self.spec.goal)
         by_id = {r["idea_id"]: r for r in rows}
         out = []
         for idea in self.store.ideas():
@@ -165,7 +196,7 @@ class Search:
             out.append(ScoredIdea(
                 id=idea["id"], title=idea["title"], description=idea["description"], code_changes=idea["code_changes"],
                 outcome=outcome, metric=st.mean if st else None, std=st.std if st else None, n=st.n if st else 0,
-                beats_baseline=beats(st, base, self.spec.goal), edit=idea["origin"].get("edit"), parents=idea["parents"]))
+                beats_baseline=bool(r and r["beats"]), edit=idea["origin"].get("edit"), parents=idea["parents"]))
         return out
 
     def context(self, epoch: int) -> Context:
@@ -291,12 +322,18 @@ class Search:
             _, rows = leaderboard(self.store, self.spec.goal)
             chosen = [impl_of[r["idea_id"]] for r in rows if r["stats"] is not None][: self.cfg.confirm_top]
         idea_of = {impl_id: idea_id for idea_id, impl_id in impl_of.items()}
+        epoch = self.cfg.epochs  # the confirmation runs as one more epoch: its baseline trials are its own
         with self.store.tx():
             self.store.set_confirm_set(chosen)
+            recorded = trial_epochs(self.store)
             for impl_id in chosen:
                 have = self.store.count_trials(impl_id)
                 for seed in range(have, self.cfg.confirm_seeds):
-                    self.store.add_trial("confirm", seed=seed, budget_s=self.budget_s, implementation_id=impl_id)
+                    tid = self.store.add_trial("confirm", seed=seed, budget_s=self.budget_s, implementation_id=impl_id)
+                    recorded[tid] = epoch
+            self.store.set_meta(EPOCHS_META, recorded)
+        if chosen and self.cfg.baseline_every_epoch > 0:  # the corrected test needs >= 2 baseline seeds beside them
+            self.queue_baselines(epoch, max(2, self.cfg.confirm_seeds))
         self.emit("confirm", {"ideas": [idea_of.get(i) for i in chosen]})
         self.drain()
 
