@@ -147,7 +147,8 @@ def test_model_ideator_initial_prompt_and_batches(nano):
     system = calls[0]["json"]["messages"][0]
     assert system["role"] == "system" and "research scientist" in system["content"]
     assert "===== train.py (editable" in prompt
-    assert " 46 | N_HEAD = 4  # attention heads per block" in prompt  # code with line numbers
+    n_head_line = (nano.root / "train.py").read_text().splitlines().index("N_HEAD = 4  # attention heads per block") + 1
+    assert f"{n_head_line:3d} | N_HEAD = 4  # attention heads per block" in prompt  # code with line numbers
     evaluate_src = (nano.root / "evaluate.py").read_text()
     assert "evaluate.py" in prompt and "never shown" in prompt
     for line in ("def cross_entropy_sum", "def evaluate(client: ModelClient", "IDEAFORGE_RESULT"):

@@ -45,7 +45,8 @@ def env_show(env: Annotated[str, typer.Argument(metavar="ENV", help=ENV_HELP)], 
     say(f"run:       {spec.run_command}   budget {spec.budget_s:.0f} s, hard timeout {spec.timeout_s:.0f} s")
     say(f"evaluate:  {spec.evaluate_command}   (trusted, after training, fresh process)")
     if spec.smoke_command:
-        say(f"smoke:     {spec.smoke_command}   budget {spec.smoke_budget_s:.0f} s")
+        bound = f"{spec.smoke_steps} steps" if spec.smoke_steps is not None else f"budget {spec.smoke_budget_s:.0f} s"
+        say(f"smoke:     {spec.smoke_command}   {bound}" + (", then the evaluator's smoke mode" if spec.smoke_evaluate else ""))
     if spec.prepare_command:
         say(f"prepare:   {spec.prepare_command}   (once per machine, cached)")
     say(f"resources: {spec.cpus} cpu, {spec.gpus} gpu per trial")

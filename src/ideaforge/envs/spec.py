@@ -42,6 +42,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool, object]]] = {
         "command": (str, False, None),
         "budget_s": ((int, float), False, 3),
         "timeout_s": ((int, float), False, 120),
+        "steps": (int, False, None),
+        "evaluate": (bool, False, False),
     },
     "prepare": {"command": (str, False, None), "timeout_s": ((int, float), False, 600)},
     "metric": {"name": (str, True, None), "goal": (str, True, None)},
@@ -86,6 +88,8 @@ class EnvSpec:
     smoke_command: str | None = None
     smoke_budget_s: float = 3.0
     smoke_timeout_s: float = 120.0
+    smoke_steps: int | None = None  # IDEAFORGE_SMOKE_STEPS: optimizer steps of a smoke run (None: budget_s)
+    smoke_evaluate: bool = False    # the smoke run is checked by the evaluator with IDEAFORGE_EVAL_MODE=smoke
     prepare_command: str | None = None
     prepare_timeout_s: float = 600.0
     evaluate_serve: str | None = None  # untrusted model server of a split evaluator (envs/protocol.py)
@@ -280,6 +284,8 @@ def load_env(name_or_path: str | Path, profile: str | None = None) -> EnvSpec:
     files["data"] = tuple(data_paths)
     if not files["editable"]:
         raise EnvError(f"{path}: [files] editable is empty; name at least one file the implementer may change")
+    if vals["smoke.steps"] is not None and vals["smoke.steps"] < 1:
+        raise EnvError(f"{path}: [smoke] steps must be at least 1 (or left out to smoke-run by budget_s)")
     rules = vals["rules.text"]
     if not all(isinstance(r, str) for r in rules):
         raise EnvError(f"{path}: [rules] text must be a list of strings")
@@ -306,6 +312,8 @@ def load_env(name_or_path: str | Path, profile: str | None = None) -> EnvSpec:
         smoke_command=vals["smoke.command"],
         smoke_budget_s=float(vals["smoke.budget_s"]),
         smoke_timeout_s=float(vals["smoke.timeout_s"]),
+        smoke_steps=vals["smoke.steps"],
+        smoke_evaluate=vals["smoke.evaluate"],
         prepare_command=vals["prepare.command"],
         prepare_timeout_s=float(vals["prepare.timeout_s"]),
         rules=tuple(rules),

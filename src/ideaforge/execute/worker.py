@@ -275,7 +275,9 @@ def _classify_train(run: Run, err_tail: str, job: Job) -> tuple[str, str] | None
     return "failed", f"training exited with code {rc}\n{err_tail}"
 
 
-def _evaluate(job: Job, trial_dir: Path, env: dict[str, str], gpu_ids: list[str]) -> dict:
+def evaluate_trial(job: Job, trial_dir: Path, env: dict[str, str], gpu_ids: list[str]) -> dict:
+    """Run the trusted evaluator on what training left in `trial_dir` (work/, out/), as a trial does
+    and as the smoke check does (execute/smoke.py); the record's outcome, reason, metrics and eval_s."""
     eval_dir = trial_dir / "eval"
     if eval_dir.exists():
         shutil.rmtree(eval_dir)
@@ -412,7 +414,7 @@ def run_trial(trial_dir: Path, gpu_ids: list[str] | None = None) -> dict:
         record |= {"outcome": bad[0], "reason": bad[1]}
     else:
         try:
-            record |= _evaluate(job, trial_dir, env, gpu_ids)
+            record |= evaluate_trial(job, trial_dir, env, gpu_ids)
         except RuntimeError as e:
             record |= {"outcome": "no_result", "reason": str(e)}
     record["ended_at"] = time.time()

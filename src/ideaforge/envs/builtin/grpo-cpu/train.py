@@ -129,7 +129,8 @@ def main():
     step = 0
     # The budget's clock: this process's CPU seconds when the harness counts CPU, else wall seconds.
     cpu_clock = os.environ.get("IDEAFORGE_BUDGET_CLOCK") == "cpu"
-    while (time.process_time() if cpu_clock else time.time() - t0) < budget_s:
+    smoke_steps = int(os.environ.get("IDEAFORGE_SMOKE_STEPS", "0"))  # smoke check: stop after this many steps (0: off)
+    while (time.process_time() if cpu_clock else time.time() - t0) < budget_s and not (smoke_steps and step >= smoke_steps):
         batch = rng.sample(problems, prompts_per_step)
         prompts = torch.tensor([encode(p["prompt"]) for p in batch for _ in range(group_size)])
         answers = [p["answer"] for p in batch for _ in range(group_size)]

@@ -20,7 +20,8 @@ the model from THIS file, so keep the interface below when you edit it:
 
 Environment: IDEAFORGE_BUDGET_S (seconds of training), IDEAFORGE_SEED,
 IDEAFORGE_OUT (checkpoint directory), IDEAFORGE_DATA (directory with train.txt),
-IDEAFORGE_THREADS (CPU threads), IDEAFORGE_BUDGET_CLOCK ("cpu" or "wall", see budget_used_s).
+IDEAFORGE_THREADS (CPU threads), IDEAFORGE_BUDGET_CLOCK ("cpu" or "wall", see budget_used_s),
+IDEAFORGE_SMOKE_STEPS (the smoke check: stop after that many optimizer steps, still saving the checkpoint).
 """
 
 import time
@@ -41,6 +42,7 @@ SEED = int(os.environ.get("IDEAFORGE_SEED", 0))  # integer seed for init and bat
 OUT_DIR = Path(os.environ.get("IDEAFORGE_OUT", "out"))  # directory the checkpoint is written to
 DATA_DIR = Path(os.environ.get("IDEAFORGE_DATA", "data"))  # directory holding train.txt
 THREADS = int(os.environ.get("IDEAFORGE_THREADS", 1))  # CPU threads torch may use
+SMOKE_STEPS = int(os.environ.get("IDEAFORGE_SMOKE_STEPS", 0))  # smoke check: stop after this many steps (0: off)
 
 N_LAYER = 4  # transformer blocks
 N_HEAD = 4  # attention heads per block
@@ -199,6 +201,8 @@ def main():
         # Stop by the budget's clock: leave room for one more step and for saving.
         elapsed = budget_used_s()
         if elapsed + step_time + SAVE_RESERVE_S >= BUDGET_S:
+            break
+        if SMOKE_STEPS and step >= SMOKE_STEPS:  # the harness's smoke check: enough steps to test the code
             break
         t_step = budget_used_s()
         for group in optimizer.param_groups:
