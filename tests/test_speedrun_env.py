@@ -158,7 +158,9 @@ def test_env_check_tiny_profile_passes_on_cpu_without_network(tmp_path, monkeypa
         monkeypatch.setenv(var, "http://127.0.0.1:9")  # any download attempt would fail
     t = run_env_check(load_env("nanogpt-speedrun", profile="tiny"), tmp_path, budget=20)
     assert t["outcome"] == "evaluated", t["reason"]
-    assert 3.0 < t["metric"] < 6.3  # below log(512) = 6.24 means it learned something; above is chance
+    # below log(512) = 6.24 means it learned something; no honest model beats the data's entropy, about
+    # 1.34 nats per token (Zipf over 2,048 words of 4.2 tokens on average: 5.64 nats per word)
+    assert 1.3 < t["metric"] < 6.3, t["metric"]
     assert t["metrics"]["eval_tokens"] == 16384
 
 
