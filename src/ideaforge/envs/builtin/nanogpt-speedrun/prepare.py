@@ -7,7 +7,8 @@ SPEEDRUN_DATA chooses the data, all in the llm.c shard format (256 int32 header 
              fineweb_val_000000.bin and fineweb_train_000001.bin, ... (100M tokens each), fetched
              once into $IDEAFORGE_CACHE/data/fineweb10B (default ~/.cache/ideaforge/data), resuming
              interrupted transfers, checking sizes and sha256 (recorded in SHA256SUMS there), and
-             linked into $IDEAFORGE_PREPARED/train and val. Variables:
+             the training shards hard-linked into $IDEAFORGE_PREPARED/train, the validation
+             shard held out (below). Variables:
                SPEEDRUN_DATA_URL      base URL of the files
                                       (default https://huggingface.co/datasets/kjj0/fineweb10B-gpt2/resolve/main)
                SPEEDRUN_TRAIN_SHARDS  how many training shards (default 72 = 7.2B tokens, more than the
@@ -16,7 +17,16 @@ SPEEDRUN_DATA chooses the data, all in the llm.c shard format (256 int32 header 
              for smoke runs on a GPU machine that has nothing cached.
   tiny       generated tokens in a vocabulary of 512 (1M train, 65,536 validation), for the tiny profile.
 
-Writes $IDEAFORGE_PREPARED/meta.json: {"vocab_size", "data", "train_tokens", "val_tokens"}.
+Writes $IDEAFORGE_PREPARED/meta.json: {"vocab_size", "data", "train_tokens", "val_tokens", "heldout"}.
+
+The validation shards are held out: they are never placed in $IDEAFORGE_PREPARED (which every
+jailed trial and model server reads), only named in meta.json's "heldout" by their host paths,
+which the jail does not bind. Only the trusted scorer (evaluate.py, unjailed) reads them. FineWeb's
+is the downloaded file in the shared cache; a generated one goes to
+$IDEAFORGE_CACHE/data/nanogpt-speedrun-heldout/<random id>/ and is drawn with a seed from
+os.urandom, so a trial that reruns this file cannot regenerate it (it can learn the "language": the
+word dictionary is shared with training and seeded publicly). Training shards are hard-linked
+into $IDEAFORGE_PREPARED/train (a symbolic link would dangle inside the jail).
 The generated corpora are sequences of "words" (fixed random token strings of 2 to 6 tokens)
 drawn from a Zipf distribution, so a model can learn them: within a word the next token is
 determined, between words it follows the word frequencies.
@@ -59,11 +69,13 @@ def shard_tokens(path: Path) -> int:
     return n
 
 
-def generate(vocab: int, n_tokens: int, rng: np.random.Generator) -> np.ndarray:
-    """n_tokens of Zipf-distributed 'words' (random token strings of 2-6 tokens) in [0, vocab)."""
+def generate(vocab: int, n_tokens: int, rng: np.random.Generator, words_rng: np.random.Generator | None = None) -> np.ndarray:
+    """n_tokens of Zipf-distributed 'words' (random token strings of 2-6 tokens) in [0, vocab).
+    The word dictionary comes from `words_rng` (default `rng`), the word sequence from `rng`."""
+    words_rng = rng if words_rng is None else words_rng
     n_words, max_len = 4 * vocab, 6
-    words = rng.integers(0, vocab, size=(n_words, max_len)).astype(np.uint16)
-    lengths = rng.integers(2, max_len + 1, size=n_words)
+    words = words_rng.integers(0, vocab, size=(n_words, max_len)).astype(np.uint16)
+    lengths = words_rng.integers(2, max_len + 1, size=n_words)
     p = 1.0 / np.arange(1, n_words + 1)
     p /= p.sum()
     ids = rng.choice(n_words, size=n_tokens // 2 + 16, p=p)  # mean length 4 > 2: enough words
@@ -73,15 +85,37 @@ def generate(vocab: int, n_tokens: int, rng: np.random.Generator) -> np.ndarray:
     return out[:n_tokens]
 
 
+def heldout_dir() -> Path:
+    """A fresh directory outside $IDEAFORGE_PREPARED for generated validation shards."""
+    from ideaforge.envs.download import data_root
+
+    d = data_root() / "nanogpt-speedrun-heldout" / os.urandom(8).hex()
+    d.mkdir(parents=True)
+    return d
+
+
 def prepare_generated(kind: str, out: Path) -> dict:
     vocab, per_shard, shards, n_val = GENERATED[kind]
-    # one stream, split by position: validation and training share the word dictionary
-    corpus = generate(vocab, per_shard * shards + n_val + 1, np.random.default_rng(SEED))
-    write_shard(out / "val" / "fineweb_val_000000.bin", corpus[: n_val + 1])
+    train = generate(vocab, per_shard * shards, np.random.default_rng(SEED))
     for k in range(shards):
-        start = n_val + 1 + k * per_shard
-        write_shard(out / "train" / f"fineweb_train_{k + 1:06d}.bin", corpus[start : start + per_shard])
-    return {"vocab_size": vocab, "data": kind, "train_tokens": per_shard * shards, "val_tokens": n_val + 1}
+        write_shard(out / "train" / f"fineweb_train_{k + 1:06d}.bin", train[k * per_shard : (k + 1) * per_shard])
+    # the same words (public seed), a word sequence no trial can reproduce (secret seed)
+    secret = np.random.default_rng(int.from_bytes(os.urandom(8), "little"))
+    val = generate(vocab, n_val + 1, secret, words_rng=np.random.default_rng(SEED))
+    held = heldout_dir() / "fineweb_val_000000.bin"
+    write_shard(held, val)
+    return {"vocab_size": vocab, "data": kind, "train_tokens": per_shard * shards, "val_tokens": n_val + 1,
+            "heldout": [str(held)]}
+
+
+def _link(src: Path, dest: Path) -> None:
+    """Hard link (visible inside the jail, which binds $IDEAFORGE_PREPARED alone); a symbolic link
+    where the cache is on another file system (then training works only unjailed)."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        print(f"warning: cannot hard-link {src} into {dest.parent}; a symbolic link dangles inside the jail", flush=True)
+        dest.symlink_to(src)
 
 
 def prepare_fineweb(out: Path) -> dict:
@@ -95,18 +129,18 @@ def prepare_fineweb(out: Path) -> dict:
     paths = fetch_all([Remote(f"{base}/{n}", n) for n in names], cache, log=lambda m: print(m, flush=True))
     counts = {p.name: shard_tokens(p) for p in paths}
     for p in paths:
-        sub = "val" if "_val_" in p.name else "train"
-        (out / sub / p.name).symlink_to(p)
+        if "_train_" in p.name:
+            _link(p, out / "train" / p.name)
     return {"vocab_size": GPT2_VOCAB, "data": "fineweb", "source": base,
             "train_tokens": sum(v for k, v in counts.items() if "_train_" in k),
-            "val_tokens": counts["fineweb_val_000000.bin"]}
+            "val_tokens": counts["fineweb_val_000000.bin"],
+            "heldout": [str(p.resolve()) for p in paths if "_val_" in p.name]}
 
 
 def main():
     out = Path(os.environ["IDEAFORGE_PREPARED"])
     kind = os.environ.get("SPEEDRUN_DATA", "fineweb")
     (out / "train").mkdir(parents=True, exist_ok=True)
-    (out / "val").mkdir(parents=True, exist_ok=True)
     if kind in GENERATED:
         meta = prepare_generated(kind, out)
     elif kind == "fineweb":
