@@ -123,7 +123,11 @@ def test_prepare_fetches_model_and_data_from_a_fake_source_and_resumes(tmp_path)
         if name.startswith("model/"):
             assert (prepared / name).read_bytes() == files[name]
     rows = lambda p: [json.loads(x) for x in p.read_text().splitlines()]  # noqa: E731
-    assert rows(prepared / "test.jsonl") == [{"problem": "What is $1+1$?", "answer": "2"}, {"problem": "Half of one?", "answer": "\\frac{1}{2}"}]
+    # the held-out problems are kept outside the prepared directory (training and smoke runs see it)
+    assert not (prepared / "test.jsonl").exists()
+    held_out = Path(json.loads((prepared / "meta.json").read_text())["heldout"])
+    assert prepared not in held_out.parents and held_out.is_file()
+    assert rows(held_out) == [{"problem": "What is $1+1$?", "answer": "2"}, {"problem": "Half of one?", "answer": "\\frac{1}{2}"}]
     assert rows(prepared / "train.jsonl") == [{"problem": "What is $2+3$?", "answer": "5"}]
     # The smoke command runs edited code on the tiny random model that prepare added, on the CPU.
     assert (prepared / "tiny-model" / "config.json").is_file()

@@ -37,7 +37,8 @@ _SCHEMA: dict[str, dict[str, tuple[type | tuple[type, ...], bool, object]]] = {
         "timeout_s": ((int, float), False, None),
         "budget_clock": (str, False, "wall"),
     },
-    "evaluate": {"command": (str, True, None), "timeout_s": ((int, float), False, 300), "serve": (str, False, None)},
+    "evaluate": {"command": (str, True, None), "timeout_s": ((int, float), False, 300), "serve": (str, False, None),
+                 "jailed": (bool, False, True)},
     "smoke": {
         "command": (str, False, None),
         "budget_s": ((int, float), False, 3),
@@ -93,6 +94,7 @@ class EnvSpec:
     prepare_command: str | None = None
     prepare_timeout_s: float = 600.0
     evaluate_serve: str | None = None  # untrusted model server of a split evaluator (envs/protocol.py)
+    evaluate_jailed: bool = True  # False: the evaluator runs no workspace code (weights only), so runs unjailed
     rules: tuple[str, ...] = ()
     budget_clock: str = "wall"  # what budget_s counts: "wall" seconds or the training tree's "cpu" seconds
     network: bool = False  # trials may reach the network (otherwise a private loopback only)
@@ -304,6 +306,7 @@ def load_env(name_or_path: str | Path, profile: str | None = None) -> EnvSpec:
         evaluate_command=vals["evaluate.command"],
         evaluate_timeout_s=float(vals["evaluate.timeout_s"]),
         evaluate_serve=vals["evaluate.serve"],
+        evaluate_jailed=vals["evaluate.jailed"],
         metric=vals["metric.name"],
         goal=goal,
         cpus=vals["resources.cpus"],

@@ -27,6 +27,7 @@ class Job:
     memory_gb: float | None = None
     role: str = "candidate"
     evaluate_serve: str | None = None  # split evaluator: the untrusted model server's command (envs/protocol.py)
+    evaluate_jailed: bool = True  # False: a trusted evaluator that runs no workspace code, with host paths
     env: dict[str, str] = field(default_factory=dict)  # the environment profile's variables
     budget_clock: str = "wall"   # what budget_s counts: "wall" or the training tree's "cpu" seconds
     network: bool = False        # the jail keeps the host network

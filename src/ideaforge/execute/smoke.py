@@ -49,7 +49,7 @@ def smoke_job(spec: EnvSpec, source: Path, prepared: Path | None) -> Job:
                cpus=spec.cpus, gpus=0, metric=spec.metric, hidden_src=str(source) if hidden else "", hidden=hidden,
                prepared=str(prepared) if prepared else None, memory_gb=spec.memory_gb,
                data={rel: str((spec.root / rel).resolve()) for rel in spec.data_paths}, role="smoke",
-               evaluate_serve=spec.evaluate_serve, env=env, budget_clock=spec.budget_clock, network=spec.network)
+               evaluate_serve=spec.evaluate_serve, evaluate_jailed=spec.evaluate_jailed, env=env, budget_clock=spec.budget_clock, network=spec.network)
 
 
 def run_smoke(spec: EnvSpec, source: Path, changes: dict[str, str | None], prepared: Path | None = None) -> SmokeResult:

@@ -290,6 +290,15 @@ def evaluate_trial(job: Job, trial_dir: Path, env: dict[str, str], gpu_ids: list
         host_env = dict(trial_environ(job, trial_dir, gpu_ids, jailed=False),
                         IDEAFORGE_WORKSPACE=str(trial_dir / "work"), IDEAFORGE_RESULT=str(result_path))
         rc, timed_out, secs = _run_split(job, trial_dir, eval_dir, env, host_env, gpu_ids)
+    elif not job.evaluate_jailed:
+        # The environment declares an evaluator that runs no workspace code (it loads weights into a
+        # fixed architecture), so it is trusted like a split scorer: unjailed, with host paths, and
+        # it may read held-out data kept outside everything a trial can see.
+        host_env = dict(trial_environ(job, trial_dir, gpu_ids, jailed=False),
+                        IDEAFORGE_WORKSPACE=str(trial_dir / "work"), IDEAFORGE_RESULT=str(result_path))
+        run = run_group(job.evaluate_command, eval_dir, host_env, job.evaluate_timeout_s, trial_dir / "eval",
+                        job.memory_gb, jail_=jail.Jail(writable=(eval_dir,), isolate=False))
+        rc, timed_out, secs = run.rc, run.timed_out, run.seconds
     else:
         # An evaluator that imports the edited model code itself is jailed too: it may write only
         # its own directory, and reads the workspace and the checkpoint.

@@ -153,7 +153,7 @@ class Campaign:
             gpus=self.spec.gpus, metric=self.spec.metric, hidden_src=str(self.store.env_dir), hidden=self.hidden,
             data={rel: str((self.spec.root / rel).resolve()) for rel in self.spec.data_paths},
             prepared=str(prepared) if prepared else None, memory_gb=self.spec.memory_gb, role=trial["role"],
-            evaluate_serve=self.spec.evaluate_serve,
+            evaluate_serve=self.spec.evaluate_serve, evaluate_jailed=self.spec.evaluate_jailed,
             env=dict(self.spec.env),
             budget_clock=self.spec.budget_clock, network=self.spec.network,
         )

@@ -138,7 +138,8 @@ def evaluate(out_dir: Path, prepared: Path) -> dict:
     ckpts = checkpoints(out_dir)
     if not ckpts:
         return {"status": "no_result", "reason": "no saved policy under $IDEAFORGE_OUT/ckpt/step_*"}
-    problems = [json.loads(l) for l in (prepared / "test.jsonl").read_text().splitlines() if l.strip()][:N_PROBLEMS]
+    held_out = Path(json.loads((prepared / "meta.json").read_text())["heldout"])  # outside what trials see
+    problems = [json.loads(l) for l in held_out.read_text().splitlines() if l.strip()][:N_PROBLEMS]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     tok = PreTrainedTokenizerFast.from_pretrained(prepared / "model")

@@ -15,7 +15,8 @@ GRPO_DATA chooses what $IDEAFORGE_PREPARED holds:
   tiny  generated, no network: a tiny randomly initialised Qwen2-architecture model with a
         character-level tokenizer, and arithmetic problems in the MATH answer format.
 
-Writes train.jsonl and test.jsonl as {"problem", "answer"} lines, and meta.json.
+Writes train.jsonl as {"problem", "answer"} lines and meta.json into $IDEAFORGE_PREPARED, and the
+held-out test.jsonl outside it (meta.json "heldout": only the trusted evaluator reads it).
 """
 
 import json
@@ -75,14 +76,35 @@ def prepare_math(out: Path) -> dict:
     fetch_all([Remote(train_url, train_name), Remote(test_url, test_name)], data_cache, log=log)
     (out / "model").mkdir()
     for f in files:
-        (out / "model" / f).symlink_to(model_cache / f)
+        _link(model_cache / f, out / "model" / f)
     train, test = read_problems(data_cache / train_name), read_problems(data_cache / test_name)
     held = {p["problem"] for p in test}
     train = [p for p in train if p["problem"] not in held]  # never train on a held-out problem
     write_jsonl(out / "train.jsonl", train)
-    write_jsonl(out / "test.jsonl", test)
+    held_out = heldout_dir() / "test.jsonl"
+    write_jsonl(held_out, test)
     build_tiny_model(out / "tiny-model")  # for smoke runs of edited code on the CPU (GRPO_MODEL_DIR=tiny-model)
-    return {"data": "math", "model": base, "train": len(train), "test": len(test)}
+    return {"data": "math", "model": base, "train": len(train), "test": len(test), "heldout": str(held_out)}
+
+
+def heldout_dir() -> Path:
+    """A fresh directory outside $IDEAFORGE_PREPARED (which training and smoke runs see) for the
+    held-out problems; only the trusted evaluator reads it, by the path in meta.json."""
+    from ideaforge.envs.download import data_root
+
+    d = data_root() / "grpo-math-heldout" / os.urandom(8).hex()
+    d.mkdir(parents=True)
+    return d
+
+
+def _link(src: Path, dest: Path) -> None:
+    """Hard link (visible inside the jail, which binds $IDEAFORGE_PREPARED alone); a symbolic link
+    where the cache is on another file system (then training works only unjailed)."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        print(f"warning: cannot hard-link {src} into {dest.parent}; a symbolic link dangles inside the jail", flush=True)
+        dest.symlink_to(src)
 
 
 def tiny_problems(rng: random.Random, n: int, seen: set) -> list[dict]:
@@ -122,11 +144,15 @@ def build_tiny_model(dest: Path) -> None:
 
 def prepare_tiny(out: Path) -> dict:
     build_tiny_model(out / "model")
-    rng, seen = random.Random(SEED), set()
-    test = tiny_problems(rng, TINY_TEST, seen)
-    write_jsonl(out / "test.jsonl", test)
-    write_jsonl(out / "train.jsonl", tiny_problems(rng, TINY_TRAIN, seen))
-    return {"data": "tiny", "model": "tiny random Qwen2", "train": TINY_TRAIN, "test": TINY_TEST}
+    # held-out problems from a secret seed (this file is visible to trials), kept outside the
+    # prepared directory; training problems from the public seed, never one of them
+    seen: set = set()
+    test = tiny_problems(random.Random(os.urandom(8)), TINY_TEST, seen)
+    held_out = heldout_dir() / "test.jsonl"
+    write_jsonl(held_out, test)
+    write_jsonl(out / "train.jsonl", tiny_problems(random.Random(SEED), TINY_TRAIN, seen))
+    return {"data": "tiny", "model": "tiny random Qwen2", "train": TINY_TRAIN, "test": TINY_TEST,
+            "heldout": str(held_out)}
 
 
 def main():
