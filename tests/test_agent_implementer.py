@@ -153,3 +153,30 @@ def test_cli_implement_with_an_agent_trains_and_evaluates(tmp_path):
     impl = store.implementations()[0]
     assert impl["status"] == "ok" and [a["stage"] for a in impl["attempts"]] == ["ok"]
     assert store.trials()[0]["outcome"] == "evaluated"
+
+
+@pytest.mark.slow
+def test_cli_run_campaign_implements_model_ideas_with_the_agent(tmp_path):
+    """`ideaforge run --model M --implementer agent:CMD`: the model ideates, the agent implements,
+    and the choice is saved with the campaign (so `resume` keeps it)."""
+    from fakes.llm_server import FakeLLMServer
+
+    env = make_toy_env(tmp_path / "env")
+    camp = tmp_path / "camp"
+    reply = "[Idea] Higher score\n[Description] raise the score\n[Code Changes] edit train.py\n" \
+            "[Hyperparameters] none\n[End]\n"
+    with FakeLLMServer(lambda provider, req: reply) as srv:
+        out = subprocess.run(
+            [sys.executable, "-m", "ideaforge.cli", "run", "--env", str(env), "--dir", str(camp),
+             "--model", f"openai-compatible:fake@{srv.openai_url}", "--implementer", _agent("edit"),
+             "--epochs", "1", "--ideas", "1", "--baseline-seeds", "1", "--confirm-top", "0", "--slots", "1"],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "OPENAI_API_KEY": "k"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    store = Store.open_readonly(camp)
+    purposes = [r[0] for r in store.execute("SELECT purpose FROM llm_calls ORDER BY id")]
+    assert "implement:agent" in purposes and "implement" not in purposes
+    impl = store.implementations()[0]
+    assert impl["status"] == "ok" and '"score": 2.0' in impl["diff"]
+    scores = sorted(t["metric"] for t in store.trials() if t["outcome"] == "evaluated")
+    assert scores == [pytest.approx(1.0), pytest.approx(2.0)]
+    assert store.get_meta("config")["search"]["implementer"] == _agent("edit")

@@ -207,7 +207,9 @@ def agent_argv(agent: AgentSpec, prompt: str, limits: AgentLimits, usd_left: flo
         return ["aider", "--message", prompt, "--yes-always", "--no-auto-commits", "--no-git", "--no-stream",
                 "--no-pretty", "--no-check-update", "--no-show-release-notes", "--analytics-disable",
                 *(["--model", m] if m else []), *editable]
-    return [*agent.argv, prompt]
+    # A relative file argument names a file here, not in the agent's copy (its working directory).
+    return [str(Path(w).absolute()) if i and not w.startswith("-") and Path(w).is_file() else w
+            for i, w in enumerate(agent.argv)] + [prompt]
 
 
 def agent_env(agent: AgentSpec, environ: Mapping[str, str], limits: AgentLimits, usd_left: float,
