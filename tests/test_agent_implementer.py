@@ -82,7 +82,7 @@ def test_forbidden_paths_are_refused_with_the_rule_and_nothing_outside_changes(t
         assert f"could not write {target}" in calls[0].reply
 
 
-def test_a_refusal_is_sent_back_for_a_repair_round(toy, tmp_path):
+def test_a_refusal_is_sent_back_for_a_repair_round(toy):
     spec, files = toy
     calls = []
     result = _implementer(spec, files, _agent("visible"), calls, repairs=1).implement("raise the score")
@@ -180,3 +180,26 @@ def test_cli_run_campaign_implements_model_ideas_with_the_agent(tmp_path):
     scores = sorted(t["metric"] for t in store.trials() if t["outcome"] == "evaluated")
     assert scores == [pytest.approx(1.0), pytest.approx(2.0)]
     assert store.get_meta("config")["search"]["implementer"] == _agent("edit")
+
+
+def test_the_copy_diff_ignores_scratch_and_refuses_new_files_outside_editable(toy, tmp_path):
+    from ideaforge.errors import EditRefused
+    from ideaforge.implement.agent import collect_changes, lay_out_copy
+
+    spec, files = toy
+    work = tmp_path / "work"
+    pristine = lay_out_copy(spec, spec.root, work, {})
+    assert sorted(pristine) == ["helper.py", "train.py"] and not (work / "evaluate.py").exists()
+    (work / "__pycache__").mkdir()
+    (work / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"\0\1")
+    (work / ".aider.chat.history.md").write_text("chat")
+    assert collect_changes(spec, pristine, files, work) == {}
+    (work / "train.py").write_text(files["train.py"] + "# tuned\n")
+    assert collect_changes(spec, pristine, files, work) == {"train.py": files["train.py"] + "# tuned\n"}
+    (work / "notes.md").write_text("my plan")
+    with pytest.raises(EditRefused, match="notes.md may not be created"):
+        collect_changes(spec, pristine, files, work)
+    (work / "notes.md").unlink()
+    (work / "helper.py").unlink()
+    with pytest.raises(EditRefused, match="helper.py is read-only"):
+        collect_changes(spec, pristine, files, work)

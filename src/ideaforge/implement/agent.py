@@ -346,7 +346,8 @@ def collect_changes(spec: EnvSpec, pristine: dict[str, bytes], baseline: dict[st
                 problems.append(f"{rel} is {st.st_size} bytes; a file an edit writes may hold at most {MAX_FILE_BYTES}")
             else:
                 found[rel] = path.read_bytes()
-        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()
+                       and not (_scratch(d) and spec.classify((Path(dirpath) / d).relative_to(root).as_posix()) != "hidden")]
     edits = [FileEdit(rel, "delete") for rel in pristine if rel not in found]
     for rel, data in sorted(found.items()):
         if pristine.get(rel) == data:
