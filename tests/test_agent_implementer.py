@@ -73,12 +73,14 @@ def test_forbidden_paths_are_refused_with_the_rule_and_nothing_outside_changes(t
     before = _env_files(spec)
     calls = []
     target = spec.root / "evaluate.py"  # the real evaluator: the jail must keep the agent off it
-    result = _implementer(spec, files, _agent(mode, "--target", str(target)), calls).implement("raise the score")
+    jailed = isolation() == "bubblewrap"  # unjailed (IDEAFORGE_JAIL=none) nothing stops it: no escape attempt then
+    extra = ("--target", str(target)) if jailed else ()
+    result = _implementer(spec, files, _agent(mode, *extra), calls).implement("raise the score")
     assert not result.ok
     assert [a.stage for a in result.attempts] == ["apply"]
     assert rule in result.attempts[0].error and "nothing was applied" in result.attempts[0].error
     assert _env_files(spec) == before
-    if mode == "hidden" and isolation() == "bubblewrap":
+    if mode == "hidden" and jailed:
         assert f"could not write {target}" in calls[0].reply
 
 

@@ -144,7 +144,8 @@ def run(
         say("no model configured (no --model, no ANTHROPIC_API_KEY or OPENAI_API_KEY): using the offline "
             "ideators (the environment's idea catalogue and numeric-setting moves), which need no key.")
     else:
-        say(f"model: {chosen} ideates and implements")
+        say(f"model: {chosen} ideates and implements" if not implementer else
+            f"model: {chosen} ideates; {implementer} implements")
     say(f"campaign {campaign.root}: {spec.name}, {cfg.mode}, {spec.metric} ({spec.goal})")
     say_plan(cfg, spec.budget_s, ex.slots)
     return run_search(campaign, cfg, ex)
