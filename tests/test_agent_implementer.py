@@ -96,12 +96,26 @@ def test_a_refusal_is_sent_back_for_a_repair_round(toy):
 def test_a_hanging_agent_is_killed_at_its_time_cap(toy):
     spec, files = toy
     calls = []
-    result = _implementer(spec, files, _agent("hang"), calls, repairs=2, timeout_s=3).implement("raise the score")
+    marker = f"fake-agent-child-{os.getpid()}-{id(calls)}"
+    result = _implementer(spec, files, _agent("hang", "--target", marker), calls, repairs=2,
+                          timeout_s=3).implement("raise the score")
     assert not result.ok
     assert result.attempts[0].stage == "agent" and "time cap" in result.attempts[0].error
     assert len(result.attempts) == 1  # the time is spent: no repair round starts
     assert 3 <= calls[0].latency_s < 30 and "thinking ..." in calls[0].reply
     assert calls[0].error and "time cap" in calls[0].error
+    assert not _running(marker)  # the agent's child died with it (the tree is killed, not just the agent)
+
+
+def _running(marker: str) -> list[int]:
+    out = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and marker.encode() in (p / "cmdline").read_bytes():
+                out.append(int(p.name))
+        except OSError:
+            continue
+    return out
 
 
 def test_usage_parsers():

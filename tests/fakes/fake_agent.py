@@ -8,7 +8,7 @@ the prompt's first line) and, like Claude Code's `--output-format json`, one JSO
 line with its cost on stdout. Modes:
 
     edit      raise the toy environment's score in train.py (a correct edit)
-    hang      print a line, then never finish (and hold a child that never finishes either)
+    hang      print a line, then never finish (and hold a child, named by --target, that never finishes either)
     hidden    write evaluate.py (a hidden path) beside a correct train.py edit; with --target,
               first try to overwrite that host file (outside its copy) too
     visible   change helper.py (read-only)
@@ -50,7 +50,7 @@ def main() -> int:
     print("files: " + " ".join(sorted(str(p) for p in Path(".").rglob("*"))), file=sys.stderr, flush=True)
     if a.mode == "hang":
         print("thinking ...", flush=True)
-        subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(1)"])
+        subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(1)", a.target or "child"])
         while True:
             time.sleep(1)
     if a.mode == "edit":
