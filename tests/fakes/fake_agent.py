@@ -65,6 +65,7 @@ def main() -> int:
         edit_train()
         Path("evaluate.py").write_text("print('always perfect')\n")
     elif a.mode == "visible":
+        os.chmod("helper.py", 0o644)  # the copy marks it read-only; a determined agent gets past that
         Path("helper.py").write_text("VALUE = 2\n")
     elif a.mode == "symlink":
         edit_train()

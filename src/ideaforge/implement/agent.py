@@ -316,6 +316,8 @@ def lay_out_copy(spec: EnvSpec, source: Path, dest: Path, changes: Mapping[str, 
         else:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             (dest / rel).write_text(text)
+    for rel in spec.visible_files:  # a hint the agent's tools see at once; the diff check is what enforces it
+        (dest / rel).chmod(0o444)
     return pristine
 
 
