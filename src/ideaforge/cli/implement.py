@@ -32,6 +32,9 @@ def implement(
                                          "(>= 0)")] = D.repairs,
     thinking_budget: Annotated[Optional[int], typer.Option(callback=bound(1), help="Anthropic extended-thinking "
                                                            "tokens per call [default: off]")] = None,
+    implementer: Annotated[Optional[str], typer.Option(
+        help="agent:claude-code[:MODEL], agent:codex[:MODEL], agent:aider[:MODEL] or agent:COMMAND: a coding "
+        "agent implements the idea in a jailed copy (see docs/agents.md) [default: --model]")] = None,
     no_smoke: Annotated[bool, typer.Option("--no-smoke", help="skip the smoke run (syntax is still checked)")] = False,
     run: Annotated[bool, typer.Option("--run", help="train and evaluate the implementation as one trial")] = False,
     budget: Annotated[Optional[float], typer.Option(callback=bound(0, open_=True, unit="seconds"),
@@ -46,8 +49,14 @@ def implement(
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
     spec = load_env(env, profile=profile)
     replay, model = replay_dir(replay, model)
-    model = replay_choice(replay, model) if replay is not None else model or os.environ.get("IDEAFORGE_MODEL") or DEFAULT_MODEL
-    check_reachable(model)  # the key, then the server: before any work starts
+    if implementer:  # a coding agent: its program and key, before any work starts
+        from ideaforge.implement.agent import check_agent
+
+        check_agent(implementer)
+        model = None
+    else:
+        model = replay_choice(replay, model) if replay is not None else model or os.environ.get("IDEAFORGE_MODEL") or DEFAULT_MODEL
+        check_reachable(model)  # the key, then the server: before any work starts
     if idea.startswith("@"):
         try:
             idea = Path(idea[1:]).read_text()
@@ -56,13 +65,15 @@ def implement(
     if not idea.strip():
         raise typer.BadParameter("the idea is empty", param_hint="IDEA")
     campaign = Campaign.create(dir or default_dir("implement", spec.name), spec,
-                               {"command": "implement", "model": model, "samples": samples, "repairs": repairs})
+                               {"command": "implement", "model": model, "samples": samples, "repairs": repairs,
+                                "implementer": implementer})
     store = campaign.store
-    say(f"implementing with {model}: {samples} sample(s), up to {repairs} repair(s) each ...")
+    say(f"implementing with {implementer}: up to {repairs} repair round(s) ..." if implementer else
+        f"implementing with {model}: {samples} sample(s), up to {repairs} repair(s) each ...")
     t0 = time.monotonic()
     budget_s = (budget or spec.budget_s) if run else None
     one = implement_one(campaign, idea, model, samples=samples, repairs=repairs, thinking_budget=thinking_budget,
-                        smoke=not no_smoke, budget_s=budget_s, log=say)
+                        smoke=not no_smoke, budget_s=budget_s, log=say, implementer=implementer)
     result = one.result
     for a in result.attempts:
         first = (a.error or "").strip().splitlines()

@@ -122,6 +122,14 @@ def replay_verdict(model: str | None, rc: int) -> int:
     return rc
 
 
+def _check_agent(implementer: str | None) -> None:
+    """A coding-agent implementer's program and key, before anything is created."""
+    if implementer:
+        from ideaforge.implement.agent import check_agent
+
+        check_agent(implementer)
+
+
 @app.command(epilog="Cost: (baseline-seeds + epochs x ideas + confirm-top x (confirm-seeds - 1)) trials, each "
              "--budget seconds of training, --slots at a time; with the defaults on nanogpt-cpu and 2 cores, "
              "41 trials x 60 s / 2 slots = about 21 min of training (measured: 22.6 min in all). The plan is "
@@ -133,6 +141,9 @@ def run(
         help="ideator and implementer model, PROVIDER:NAME[@URL], e.g. anthropic:claude-sonnet-4-5, openai:gpt-5, "
         "openai-compatible:NAME@http://127.0.0.1:8000/v1 [default: $IDEAFORGE_MODEL, else claude-sonnet-4-5 "
         "if ANTHROPIC_API_KEY is set, else gpt-5 if OPENAI_API_KEY is set, else none: the offline ideators]")] = None,
+    implementer: Annotated[Optional[str], typer.Option(
+        help="agent:claude-code[:MODEL], agent:codex[:MODEL], agent:aider[:MODEL] or agent:COMMAND: a coding "
+        "agent implements each idea in a jailed copy (see docs/agents.md) [default: --model]")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="use the offline ideators even when a key is set")] = False,
     replay: Annotated[Optional[Path], typer.Option("--replay", metavar="DIR", help=REPLAY_HELP)] = None,
     mode: Annotated[Mode, typer.Option(help="evolve: Algorithm 1 (exploit winners, explore history); best-of-n: "
@@ -175,8 +186,10 @@ def run(
     replay, model = replay_dir(replay, model)
     chosen = replay_choice(replay, model, offline) if replay is not None else choose_model(model, offline)
     _check_model(chosen)
+    _check_agent(implementer)
     cfg = SearchConfig(mode=mode, epochs=epochs, ideas=ideas, budget_s=budget, baseline_seeds=baseline_seeds,
-                       baseline_every_epoch=baseline_every_epoch, confirm_top=confirm_top, confirm_seeds=confirm_seeds, model=chosen, samples=samples,
+                       baseline_every_epoch=baseline_every_epoch, confirm_top=confirm_top, confirm_seeds=confirm_seeds,
+                       model=chosen, implementer=implementer, samples=samples,
                        repairs=repairs, seed=seed, max_wall_s=max_wall, max_usd=max_usd, max_cpu_hours=max_cpu_hours,
                        max_gpu_hours=max_gpu_hours)
     campaign = Campaign.create(dir or default_dir(mode, spec.name), spec, {"command": "run", "search": config_dict(cfg)})
@@ -185,7 +198,8 @@ def run(
         say("no model configured (no --model, no ANTHROPIC_API_KEY or OPENAI_API_KEY): using the offline "
             "ideators (the environment's idea catalogue and numeric-setting moves), which need no key.")
     else:
-        say(f"model: {chosen} ideates and implements")
+        say(f"model: {chosen} ideates and implements" if not implementer else
+            f"model: {chosen} ideates; {implementer} implements")
     say(f"campaign {campaign.root}: {spec.name}, {cfg.mode}, {spec.metric} ({spec.goal})")
     say_plan(cfg, spec.budget_s, ex.slots)
     return replay_verdict(chosen, run_search(campaign, cfg, ex))
@@ -224,6 +238,7 @@ def resume(
         print_status(campaign)
         return 0
     _check_model(cfg.model)
+    _check_agent(cfg.implementer)
     if campaign.env_changed():
         say("note: the environment's files changed since the campaign started; trials keep using the snapshot")
     say(f"resuming {campaign.root}")

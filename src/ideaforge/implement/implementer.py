@@ -111,6 +111,10 @@ class Implementer:
         changed = {p: t for p, t in result.files.items() if self.baseline.get(p) != t}
         if not changed:
             return "apply", "the edits change nothing: every file is the same as before", {}
+        return self.check_changed(changed)
+
+    def check_changed(self, changed: dict[str, str | None]) -> tuple[str, str | None, dict[str, str | None]]:
+        """Syntax, then the smoke check, of files whose paths the policy already admitted."""
         err = syntax_errors(changed)
         if err:
             return "syntax", f"the edited code does not compile:\n{err}", changed

@@ -8,12 +8,16 @@ campaign will cost.
 
 from __future__ import annotations
 
+import os
+import shlex
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from ideaforge.envs.spec import EnvSpec
 from ideaforge.envs.workspace import read_files
+from ideaforge.implement.agent import AgentCall, AgentImplementer, AgentLimits, AgentRun, is_agent
 from ideaforge.implement.implementer import Implementation, Implementer
 from ideaforge.search.campaign import Campaign, Progress
 from ideaforge.store import Store
@@ -34,6 +38,43 @@ def smoke_checker(spec: EnvSpec, source: Path, prepared: Path | None) -> Smoke:
     return check
 
 
+class AgentSandbox:
+    """The `implement.agent.Sandbox` on execute/jail.py: the agent's copy and a fresh HOME writable,
+    its program bound read-only, the network on (it must reach its provider), an allow-listed
+    environment plus the variables the agent asked for, the whole tree killed at the timeout."""
+
+    def __init__(self) -> None:
+        from ideaforge.execute.jail import isolation
+
+        self.isolation = isolation()
+
+    def run(self, call: AgentCall) -> AgentRun:
+        from ideaforge.execute import jail
+        from ideaforge.execute.worker import run_group
+
+        with tempfile.TemporaryDirectory(prefix="ideaforge-agent-") as tmp:
+            home = Path(tmp) / "home"
+            home.mkdir()
+            box = jail.Jail(writable=(call.workdir, home), readonly=call.readonly, network=True)
+            env = {**jail.allowed_environ(os.environ), "HOME": str(home), **call.env}
+            run = run_group(shlex.join(call.argv), call.workdir, env, call.timeout_s, Path(tmp) / "agent", jail_=box)
+            # CappedLog bounds each stream (head + tail, under 1 MB), so reading it whole is bounded too.
+            out, err = ((Path(tmp) / f"agent.{s}").read_text(errors="replace") for s in ("out", "err"))
+        return AgentRun(run.rc, run.timed_out, run.seconds, out, err, box.isolation)
+
+
+def make_implementer(spec: EnvSpec, source: Path, implementer: str | None, model: str | None, *, samples: int,
+                     repairs: int, smoke: Smoke | None, recorder, thinking_budget: int | None = None,
+                     agent_limits: AgentLimits | None = None) -> Implementer:
+    """The model implementer, or with `implementer` = "agent:..." a coding agent in the jail."""
+    baseline = read_files(spec, source)
+    if is_agent(implementer):
+        return AgentImplementer(spec, baseline, source, implementer, AgentSandbox(), repairs=repairs,
+                                limits=agent_limits or AgentLimits.from_environ(), smoke=smoke, recorder=recorder)
+    return Implementer(spec, baseline, model, samples=samples, repairs=repairs, smoke=smoke, recorder=recorder,
+                       thinking_budget=thinking_budget)
+
+
 def build_search(campaign: Campaign, cfg: "SearchConfig", executor, on_event: Progress | None = None,
                  log: Callable[[str], None] = print) -> "Search":
     """The search for `cfg`: the model ideator and a smoke check with a model, the offline ideators without."""
@@ -42,7 +83,8 @@ def build_search(campaign: Campaign, cfg: "SearchConfig", executor, on_event: Pr
 
     spec = campaign.spec
     ideator = ModelIdeator(cfg.model, recorder=campaign.store.add_llm_call) if cfg.model else offline_ideator(spec)
-    smoke = smoke_checker(spec, campaign.store.env_dir, campaign.prepared(log=log)) if cfg.model else None
+    implements = cfg.model or is_agent(cfg.implementer)
+    smoke = smoke_checker(spec, campaign.store.env_dir, campaign.prepared(log=log)) if implements else None
     return Search(campaign, executor, ideator, cfg, on_event=on_event, smoke=smoke)
 
 
@@ -65,17 +107,19 @@ class SingleResult:
     result: Implementation
 
 
-def implement_one(campaign: Campaign, idea: str, model: str, *, samples: int, repairs: int,
+def implement_one(campaign: Campaign, idea: str, model: str | None, *, samples: int, repairs: int,
                   thinking_budget: int | None = None, smoke: bool = True, budget_s: float | None = None,
-                  log: Callable[[str], None] = print) -> SingleResult:
+                  log: Callable[[str], None] = print, implementer: str | None = None,
+                  agent_limits: AgentLimits | None = None) -> SingleResult:
     """`ideaforge implement`: one idea from a user, implemented and recorded as the loop records its own.
 
     With `budget_s`, a working implementation also queues its trial (run it with a TrialRunner).
+    `implementer` "agent:..." hands the idea to a coding agent instead of `model`.
     """
     spec, store = campaign.spec, campaign.store
     check = smoke_checker(spec, store.env_dir, campaign.prepared(log=log)) if smoke else None
-    impl = Implementer(spec, read_files(spec, store.env_dir), model, samples=samples, repairs=repairs, smoke=check,
-                       recorder=store.add_llm_call, thinking_budget=thinking_budget)
+    impl = make_implementer(spec, store.env_dir, implementer, model, samples=samples, repairs=repairs, smoke=check,
+                            recorder=store.add_llm_call, thinking_budget=thinking_budget, agent_limits=agent_limits)
     text = idea.strip()
     idea_id = store.add_idea(0, "manual", text.splitlines()[0][:120], text, origin={"source": "cli"})
     result = impl.implement(text)

@@ -26,7 +26,7 @@ from ideaforge.ideate import Context, Idea, ScoredIdea
 from ideaforge.ideate.catalogue import machine_features
 from ideaforge.ideate.dedup import DedupIndex
 from ideaforge.implement.implementer import Implementation, Implementer
-from ideaforge.search.assemble import record_implementation
+from ideaforge.search.assemble import make_implementer, record_implementation
 from ideaforge.search.campaign import Campaign, Progress, TrialRunner
 from ideaforge.stats import EPOCHS_META, Stats, leaderboard, trial_epochs
 
@@ -43,6 +43,7 @@ class SearchConfig:
     confirm_top: int = 3           # best ideas re-run at the end ...
     confirm_seeds: int = 3         # ... until each has this many seeds
     model: str | None = None       # None: offline ideators, ideas carry their own edits
+    implementer: str | None = None # "agent:..." implements with a coding agent (implement/agent.py); None: `model`
     samples: int = 3               # implementer: edits sampled in parallel per idea
     repairs: int = 2               # implementer: repairs per sample
     smoke: bool = True             # smoke-check model implementations before a trial
@@ -72,9 +73,9 @@ class Search:
         self.runner = TrialRunner(campaign, executor, self.emit)
         self.budget_s = config.budget_s or self.spec.budget_s
         self.baseline_files = read_files(self.spec, self.store.env_dir)
-        self.implementer = Implementer(self.spec, self.baseline_files, config.model, samples=config.samples,
-                                       repairs=config.repairs, smoke=self._leased(smoke) if config.smoke else None,
-                                       recorder=self.store.add_llm_call)
+        self.implementer: Implementer = make_implementer(
+            self.spec, self.store.env_dir, config.implementer, config.model, samples=config.samples,
+            repairs=config.repairs, smoke=self._leased(smoke) if config.smoke else None, recorder=self.store.add_llm_call)
         self._t0 = time.monotonic()
         self._elapsed_before = float(self.store.get_meta("elapsed_s", 0.0))
         self._dedup: DedupIndex | None = None  # the campaign's ideas, indexed for de-duplication
