@@ -257,7 +257,7 @@ def drift(store: Any) -> list[dict]:
     idea_epoch = {i["id"]: i["epoch"] for i in store.idea_heads()}
     recorded = trial_epochs(store)
     groups: dict[tuple[int, str], list[dict]] = {}
-    for t in store.trials(status="done"):
+    for t in store.trial_work_rows():  # slim rows: the curve's last point only
         if t["role"] not in ("baseline", "candidate", "confirm"):
             continue
         epoch = _epoch_of(t, recorded, idea_epoch, impl_to_idea)
