@@ -281,3 +281,15 @@ def test_env_check_and_status_show_isolation(tmp_path, forced):
     html = write_report(tmp_path / "c").read_text()
     assert f"1 {expected}" in html  # the summary's isolation card
     assert ("ran UNISOLATED" in html) == (expected == "none")
+
+
+@needs_jail
+def test_a_python_installed_under_tmp_can_be_jailed(tmp_path):
+    """A CI clone or a venv under /tmp: the jail's fresh /tmp must not hide the interpreter (it did:
+    every trial then ran unjailed, `isolation: none`)."""
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    code = "from ideaforge.execute import jail; print(jail.isolation(), jail.why_unisolated())"
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ, PYTHONPATH=str(Path(jail.__file__).resolve().parents[2])))
+    assert out.stdout.startswith("bubblewrap"), out.stdout + out.stderr

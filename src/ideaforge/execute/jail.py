@@ -145,8 +145,10 @@ def jail_argv(argv: list[str], *, cwd: Path, writable: Iterable[Path], readonly:
             "--die-with-parent", "--new-session", "--hostname", "jail"]
     if not network:
         args.append("--unshare-net")
-    roots = _system_binds(args)
+    # The fresh /proc, /dev and /tmp first: the binds below then land on top of them, so a Python
+    # installation, campaign or workspace that lives under /tmp (a CI clone, pytest) stays visible.
     args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
+    roots = _system_binds(args)
     masks = [p for p in [_BUILTIN_ENVS, *map(Path, hide)] if _under(p, roots)]
     for p in masks:
         args += ["--tmpfs", str(p)]
