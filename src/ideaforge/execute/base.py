@@ -28,6 +28,10 @@ from typing import Callable, ContextManager, Protocol, Sequence, runtime_checkab
 from ideaforge.errors import ConfigError
 from ideaforge.execute.events import Finished
 
+# How long `start()` waits for a slot that a smoke lease took between can_start() and start():
+# longer than any smoke lease (each ends at its smoke timeout); past it a slot is lost, a bug.
+START_WAIT_S = 3600.0
+
 
 @runtime_checkable
 class Executor(Protocol):

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ideaforge.errors import ExecutionError
+from ideaforge.execute.base import START_WAIT_S
 from ideaforge.execute.events import Events, Finished
 from ideaforge.execute.record import TrialRecord
 
 WORKER_MODULE = "ideaforge.execute.worker"
-START_WAIT_S = 3600.0  # longer than any smoke lease (each ends at its smoke timeout); past it a slot is lost: a bug
 _PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the directory holding ideaforge/
 
 

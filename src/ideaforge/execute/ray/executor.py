@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ideaforge.errors import ExecutionError
+from ideaforge.execute.base import START_WAIT_S
 from ideaforge.execute.events import Events, Finished
 from ideaforge.execute.job import atomic_write_json
 from ideaforge.execute.ray.actor import TrialActor
@@ -178,7 +179,8 @@ class RayExecutor:
         trial_dir = Path(trial_dir).resolve()
         job = json.loads((trial_dir / "job.json").read_text())
         with self._lock:
-            if not self._free(gpus):
+            # A smoke lease may have taken the slot since can_start() (as in the local executor).
+            if not self._lock.wait_for(lambda: self._free(gpus), timeout=START_WAIT_S):
                 raise ExecutionError(f"no free slot for trial {trial_id}")
             lease = None
             if self._free_ids is not None:
