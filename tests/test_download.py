@@ -163,8 +163,11 @@ def test_speedrun_prepare_fetches_shards_from_the_fake_source_and_resumes(tmp_pa
     cache = tmp_path / "cache" / "data" / "fineweb10B"
     for name, body in files.items():
         assert (cache / name).read_bytes() == body
-        sub = "val" if "_val_" in name else "train"
-        assert (prepared / sub / name).resolve() == (cache / name).resolve()
+        if "_val_" in name:  # held out: only named in meta.json, never inside what trials see
+            assert not (prepared / "val" / name).exists()
+        else:  # hard links into the prepared directory (the jail binds it alone)
+            assert (prepared / "train" / name).stat().st_ino == (cache / name).stat().st_ino
     meta = json.loads((prepared / "meta.json").read_text())
-    assert meta == {"vocab_size": 50257, "data": "fineweb", "source": src.url, "train_tokens": 40000, "val_tokens": 5000}
+    assert meta == {"vocab_size": 50257, "data": "fineweb", "source": src.url, "train_tokens": 40000, "val_tokens": 5000,
+                    "heldout": [str((cache / "fineweb_val_000000.bin").resolve())]}
     assert set(read_sums(cache)) == set(files)

@@ -142,7 +142,9 @@ def jail_argv(argv: list[str], *, cwd: Path, writable: Iterable[Path], readonly:
     if not isolate:
         return envpart + list(argv)
     args = ["bwrap", "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-            "--die-with-parent", "--new-session", "--hostname", "jail"]
+            "--die-with-parent", "--new-session",
+            # a name that resolves inside (to loopback): torchrun and other rendezvous look it up
+            "--hostname", "localhost"]
     if not network:
         args.append("--unshare-net")
     # The fresh /proc, /dev and /tmp first: the binds below then land on top of them, so a Python
