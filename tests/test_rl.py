@@ -290,3 +290,38 @@ def test_frozen_arm_never_updates(tmp_path):
     rows = [dict(r) for r in store.execute("SELECT * FROM rl_rollouts ORDER BY step, idx")]
     assert rows[3]["reward"] == -3.0 and rows[0]["reward"] > 1000  # improvement over a noiseless baseline
     assert [s["status"] for s in store.execute("SELECT status FROM rl_steps")] == ["done", "done"]
+
+
+@pytest.mark.slow
+def test_step_adapter_serves_as_run_model(tmp_path, tiny_ideator):
+    """One RL step saves an adapter; `ideaforge run --model ADAPTER` ideates with it through the CLI."""
+    from ideaforge.rl.loop import run_rl
+    env = make_rl_env(tmp_path / "env")
+    camp = run_rl(str(env), str(tiny_ideator), steps=1, group=4, dir=tmp_path / "rl", slots=2, max_new_tokens=60,
+                  gen_batch=4, lr=3e-3, baseline_seeds=0, response_prefix="[Idea]", temperature=0.7)
+    adapter = (camp / "rl" / "adapters" / "step-0000").resolve()
+    meta = json.loads((adapter / "ideaforge_ideator.json").read_text())
+    assert meta["base"] == str(tiny_ideator.resolve())
+    assert meta["sampling"] == {"temperature": 0.7, "response_prefix": "[Idea]", "max_new_tokens": 60}
+    penv = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "IDEAFORGE_MODEL")}
+    # the run's prompts are ~2.7 k characters for this character-level model: 40 new tokens keep it fast
+    penv.update(PYTHONPATH=SRC, OMP_NUM_THREADS="1", IDEAFORGE_LOCAL_MAX_NEW_TOKENS="40")
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, "-m", "ideaforge.cli", "run", "--env", str(env), "--model", str(adapter),
+                          "--dir", str(run), "--epochs", "2", "--ideas", "2", "--budget", "2", "--baseline-seeds", "1",
+                          "--confirm-top", "0", "--samples", "1", "--repairs", "0", "--slots", "2"],
+                         env=penv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stdout + out.stderr
+    spec = f"local:{adapter}"
+    assert f"model: {spec} ideates and implements" in out.stdout
+    store = Store.open_readonly(run)
+    calls = [dict(r) for r in store.execute("SELECT * FROM llm_calls ORDER BY id")]
+    ideate = [c for c in calls if c["purpose"].startswith("ideate:")]
+    assert len(ideate) >= 2 and all(c["model"] == spec and c["error"] is None for c in calls)
+    for c in ideate:  # the RL run's response prefix is given; tokens counted; no cost
+        assert c["reply"].startswith("[Idea]") and c["input_tokens"] > 1000 and 0 < c["output_tokens"] <= 40
+    assert all(c["cost_usd"] == 0 for c in calls)
+    assert all(not c["reply"].startswith("[Idea]") for c in calls if c["purpose"] == "implement")
+    ideas = store.ideas()
+    assert ideas and all(i["origin"]["model"] == spec for i in ideas), ideas
+    assert store.get_meta("config")["search"]["model"] == spec  # absolute: `ideaforge resume` finds it anywhere

@@ -33,7 +33,7 @@ class ScriptedPolicy:
         self.log.append(("update", list(advantages)))
         return {"loss": 0.0, "grad_norm": 0.0, "rollouts_used": sum(a != 0 for a in advantages), "tokens": 1}
 
-    def save(self, dest: Path) -> None:
+    def save(self, dest: Path, sampling: dict | None = None) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         (dest / "scripted.json").write_text(json.dumps({"updates": sum(e[0] == "update" for e in self.log)}))
 

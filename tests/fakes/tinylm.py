@@ -33,7 +33,7 @@ def make_tiny_lm(dest: Path, prompt: str, targets: list[str], *, steps: int = 80
     torch.manual_seed(seed)
     tok = char_tokenizer()
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=8192,
                       pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None,
                       tie_word_embeddings=False)
     model = LlamaForCausalLM(cfg)

@@ -36,8 +36,8 @@ def choose_model(explicit: str | None, offline: bool = False, environ: Mapping[s
         return None
     named = explicit or env.get("IDEAFORGE_MODEL")
     if named:
-        check_key(named)
-        return named
+        m = check_key(named)
+        return m.spec if m.provider == "local" else named  # local: the absolute path, so `resume` finds it
     if env.get("ANTHROPIC_API_KEY"):
         return DEFAULT_MODEL
     if env.get("OPENAI_API_KEY"):
@@ -62,7 +62,7 @@ def check_reachable(model: str | Model, timeout_s: float = 3.0, environ: Mapping
     what this machine can reach). Checks the key too (MissingKey first: it is the likelier fault).
     """
     env = os.environ if environ is None else environ
-    if check_key(model).provider == "replay":  # no server: the recorded calls are the model
+    if check_key(model).provider in ("replay", "local"):  # no server: recorded calls, or a model on disk
         return
     url = endpoint(model, env)
     parts = urlsplit(url)

@@ -113,6 +113,15 @@ def complete(
             rec.attempts = 1
             text, tin, tout = replayer(m.name).answer(system, messages, purpose)
             cost = 0.0
+        elif m.provider == "local":  # a transformers model on this machine, loaded once (llm/local.py)
+            from ideaforge.llm.local import local_model
+
+            if not messages:
+                raise LLMError(f"{m.spec}: no messages to send")
+            rec.attempts = 1
+            text, tin, tout = local_model(m.name).complete(messages, system=system, max_tokens=max_tokens,
+                                                           temperature=temperature, purpose=purpose)
+            cost = 0.0
         else:
             call = _prepare(m, messages, system, max_tokens, temperature, thinking_budget, reasoning_effort, retry)
             text, tin, tout = _with_retries(m, call, retry, rec)

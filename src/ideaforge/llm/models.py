@@ -5,6 +5,7 @@ A model is named by one string, `PROVIDER:NAME[@BASE_URL]`:
     anthropic:claude-opus-4-5
     openai:gpt-5
     openai-compatible:Qwen/Qwen3-8B@http://127.0.0.1:8000/v1
+    local:runs/rl/rl/adapters/step-0003      (a model on this machine: llm/local.py)
 
 Keys are read by reference from the environment at call time, never stored in
 config. Prices are USD per million tokens, from prices.json beside this file,
@@ -30,7 +31,8 @@ DUMMY_KEY = "none"
 
 _EXAMPLES = (
     "anthropic:claude-opus-4-5, openai:gpt-5, "
-    "openai-compatible:MODEL@http://127.0.0.1:8000/v1"
+    "openai-compatible:MODEL@http://127.0.0.1:8000/v1, local:PATH (an adapter saved by `ideaforge rl`, "
+    "a transformers model directory, a .gguf file)"
 )
 
 
@@ -55,10 +57,20 @@ def parse_model(spec: str | Model) -> Model:
     """Parse `PROVIDER:NAME[@BASE_URL]`; raise LLMError with the right form on anything else."""
     if isinstance(spec, Model):
         return spec
+    if isinstance(spec, str) and ":" not in spec and _local_path(spec):  # a bare path to a model on disk
+        from ideaforge.llm.local import normalise
+
+        return Model("local", normalise(spec))
     if not isinstance(spec, str) or ":" not in spec:
         raise LLMError(f"bad model {spec!r}: expected PROVIDER:NAME, e.g. {_EXAMPLES}")
     provider, _, rest = spec.strip().partition(":")
     provider = provider.strip().lower()
+    if provider == "local":  # local:PATH, a model on this machine (llm/local.py); kept absolute for resume
+        from ideaforge.llm.local import normalise
+
+        if not rest.strip():
+            raise LLMError(f"bad model {spec!r}: give a path, e.g. local:runs/rl/rl/adapters/step-0003 or local:smollm2")
+        return Model("local", normalise(rest))
     if provider == "replay":  # replay:DIR answers from a campaign's recorded calls (llm/replay.py)
         if not rest.strip():
             raise LLMError(f"bad model {spec!r}: give the recorded campaign's directory, e.g. replay:runs/my-campaign")
@@ -86,9 +98,16 @@ def parse_model(spec: str | Model) -> Model:
     return Model(provider, name, base_url.rstrip("/") if base_url else None, KEY_ENV[provider])
 
 
+def _local_path(spec: str) -> bool:
+    """A bare --model naming an adapter or model directory (or a .gguf file) that exists."""
+    from ideaforge.llm.local import looks_local
+
+    return looks_local(spec.strip())
+
+
 def api_key(model: Model) -> str:
     """The key for `model` from the environment; raises MissingKey (see check_key)."""
-    if model.provider == "replay":
+    if model.provider in ("replay", "local"):
         return DUMMY_KEY
     key = os.environ.get(model.api_key_env, "").strip()
     if key:
@@ -109,6 +128,10 @@ def check_key(model: Model | str) -> Model:
         from ideaforge.llm.replay import check_dir
 
         check_dir(m.name)
+    if m.provider == "local":  # the path resolves and torch/transformers/peft are installed; nothing loads
+        from ideaforge.llm.local import check
+
+        check(m.name)
     api_key(m)
     return m
 
@@ -157,6 +180,8 @@ def cost_usd(model: Model, input_tokens: int, output_tokens: int, prices: Prices
     openai-compatible models are priced only as "openai-compatible:NAME", so a
     local server that happens to serve a model named like a hosted one stays free.
     """
+    if model.provider in ("local", "replay"):
+        return 0.0
     prices = load_prices() if prices is None else prices
     key = f"{model.provider}:{model.name}"
     p = prices.get(key) if model.provider == "openai-compatible" else prices.get(model.name, prices.get(key))

