@@ -306,22 +306,29 @@ def test_step_adapter_serves_as_run_model(tmp_path, tiny_ideator):
     penv = {k: v for k, v in os.environ.items() if k not in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "IDEAFORGE_MODEL")}
     # the run's prompts are ~2.7 k characters for this character-level model: 40 new tokens keep it fast
     penv.update(PYTHONPATH=SRC, OMP_NUM_THREADS="1", IDEAFORGE_LOCAL_MAX_NEW_TOKENS="40")
+    edit = "train.py\n<<<<<<< SEARCH\nLR = 0.1  # learning rate\n=======\nLR = 0.2  # learning rate\n>>>>>>> REPLACE\n"
     run = tmp_path / "run"
-    out = subprocess.run([sys.executable, "-m", "ideaforge.cli", "run", "--env", str(env), "--model", str(adapter),
-                          "--dir", str(run), "--epochs", "2", "--ideas", "2", "--budget", "2", "--baseline-seeds", "1",
-                          "--confirm-top", "0", "--samples", "1", "--repairs", "0", "--slots", "2"],
-                         env=penv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    from fakes.llm_server import FakeLLMServer
+    with FakeLLMServer(lambda provider, request: edit) as srv:  # the implementer: a (fake) API model
+        implementer = f"openai-compatible:coder@{srv.openai_url}"
+        out = subprocess.run([sys.executable, "-m", "ideaforge.cli", "run", "--env", str(env), "--model", str(adapter),
+                              "--implementer", implementer, "--dir", str(run), "--epochs", "2", "--ideas", "2",
+                              "--budget", "2", "--baseline-seeds", "1", "--confirm-top", "0", "--samples", "1",
+                              "--repairs", "0", "--slots", "2"],
+                             env=penv, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
-    spec = f"local:{adapter}"
-    assert f"model: {spec} ideates and implements" in out.stdout
+    spec = f"local:{adapter}"  # a bare adapter path is the local model, made absolute
+    assert f"model: {spec} ideates; {implementer} implements" in out.stdout
     store = Store.open_readonly(run)
     calls = [dict(r) for r in store.execute("SELECT * FROM llm_calls ORDER BY id")]
     ideate = [c for c in calls if c["purpose"].startswith("ideate:")]
-    assert len(ideate) >= 2 and all(c["model"] == spec and c["error"] is None for c in calls)
+    assert len(ideate) >= 2 and all(c["model"] == spec and c["error"] is None for c in ideate)
     for c in ideate:  # the RL run's response prefix is given; tokens counted; no cost
         assert c["reply"].startswith("[Idea]") and c["input_tokens"] > 1000 and 0 < c["output_tokens"] <= 40
-    assert all(c["cost_usd"] == 0 for c in calls)
-    assert all(not c["reply"].startswith("[Idea]") for c in calls if c["purpose"] == "implement")
+        assert c["cost_usd"] == 0
     ideas = store.ideas()
     assert ideas and all(i["origin"]["model"] == spec for i in ideas), ideas
+    assert {c["model"] for c in calls if c["purpose"] == "implement"} == {implementer}
+    scores = [t["metric"] for t in store.trials(role="candidate") if t["outcome"] == "evaluated"]
+    assert scores and all(s == pytest.approx(10 - 1 - 4) for s in scores)  # LR 0.2: the edit the implementer wrote
     assert store.get_meta("config")["search"]["model"] == spec  # absolute: `ideaforge resume` finds it anywhere

@@ -123,10 +123,14 @@ def replay_verdict(model: str | None, rc: int) -> int:
 
 
 def _check_agent(implementer: str | None) -> None:
-    """A coding-agent implementer's program and key, before anything is created."""
+    """A coding-agent implementer's program and key (or an implementer model's key and server), before
+    anything is created."""
     if implementer:
-        from ideaforge.implement.agent import check_agent
+        from ideaforge.implement.agent import check_agent, is_agent
 
+        if not is_agent(implementer):
+            _check_model(implementer)
+            return
         check_agent(implementer)
 
 
@@ -139,11 +143,17 @@ def run(
     dir: Annotated[Optional[Path], typer.Option("--dir", help=DIR_HELP.format(kind="MODE"))] = None,
     model: Annotated[Optional[str], typer.Option(
         help="ideator and implementer model, PROVIDER:NAME[@URL], e.g. anthropic:claude-sonnet-4-5, openai:gpt-5, "
-        "openai-compatible:NAME@http://127.0.0.1:8000/v1 [default: $IDEAFORGE_MODEL, else claude-sonnet-4-5 "
+        "openai-compatible:NAME@http://127.0.0.1:8000/v1, or local:PATH, a model on this machine: an adapter "
+        "saved by `ideaforge rl` (DIR/rl/adapters/step-NNNN, on the base it names, sampled as the RL run "
+        "sampled), a transformers model directory, a .gguf file or smollm2; a bare PATH that exists works too; "
+        "needs `pip install 'ideaforge[local]'`, runs on the GPU if there is one (docs/rl.md) "
+        "[default: $IDEAFORGE_MODEL, else claude-sonnet-4-5 "
         "if ANTHROPIC_API_KEY is set, else gpt-5 if OPENAI_API_KEY is set, else none: the offline ideators]")] = None,
     implementer: Annotated[Optional[str], typer.Option(
         help="agent:claude-code[:MODEL], agent:codex[:MODEL], agent:aider[:MODEL] or agent:COMMAND: a coding "
-        "agent implements each idea in a jailed copy (see docs/agents.md) [default: --model]")] = None,
+        "agent implements each idea in a jailed copy (see docs/agents.md); or a model, PROVIDER:NAME[@URL], "
+        "that implements while --model ideates (e.g. a local RL-trained ideator with a strong implementer) "
+        "[default: --model]")] = None,
     offline: Annotated[bool, typer.Option("--offline", help="use the offline ideators even when a key is set")] = False,
     replay: Annotated[Optional[Path], typer.Option("--replay", metavar="DIR", help=REPLAY_HELP)] = None,
     mode: Annotated[Mode, typer.Option(help="evolve: Algorithm 1 (exploit winners, explore history); best-of-n: "

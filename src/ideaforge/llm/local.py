@@ -58,6 +58,8 @@ def smollm2_gguf() -> Path:
 
 def looks_local(text: str) -> bool:
     """A bare --model that names a model on disk: an adapter or model directory, or a .gguf file."""
+    if not text.strip():
+        return False
     p = Path(text).expanduser()
     return (p / "adapter_config.json").is_file() or (p / "config.json").is_file() or (p.suffix == ".gguf" and p.is_file())
 

@@ -66,12 +66,13 @@ class AgentSandbox:
 def make_implementer(spec: EnvSpec, source: Path, implementer: str | None, model: str | None, *, samples: int,
                      repairs: int, smoke: Smoke | None, recorder, thinking_budget: int | None = None,
                      agent_limits: AgentLimits | None = None) -> Implementer:
-    """The model implementer, or with `implementer` = "agent:..." a coding agent in the jail."""
+    """The model implementer, or with `implementer` = "agent:..." a coding agent in the jail; another
+    `implementer` (PROVIDER:NAME) is the model that implements while `model` ideates."""
     baseline = read_files(spec, source)
     if is_agent(implementer):
         return AgentImplementer(spec, baseline, source, implementer, AgentSandbox(), repairs=repairs,
                                 limits=agent_limits or AgentLimits.from_environ(), smoke=smoke, recorder=recorder)
-    return Implementer(spec, baseline, model, samples=samples, repairs=repairs, smoke=smoke, recorder=recorder,
+    return Implementer(spec, baseline, implementer or model, samples=samples, repairs=repairs, smoke=smoke, recorder=recorder,
                        thinking_budget=thinking_budget)
 
 
@@ -83,7 +84,7 @@ def build_search(campaign: Campaign, cfg: "SearchConfig", executor, on_event: Pr
 
     spec = campaign.spec
     ideator = ModelIdeator(cfg.model, recorder=campaign.store.add_llm_call) if cfg.model else offline_ideator(spec)
-    implements = cfg.model or is_agent(cfg.implementer)
+    implements = cfg.model or cfg.implementer
     smoke = smoke_checker(spec, campaign.store.env_dir, campaign.prepared(log=log)) if implements else None
     return Search(campaign, executor, ideator, cfg, on_event=on_event, smoke=smoke)
 
