@@ -332,3 +332,40 @@ def test_step_adapter_serves_as_run_model(tmp_path, tiny_ideator):
     scores = [t["metric"] for t in store.trials(role="candidate") if t["outcome"] == "evaluated"]
     assert scores and all(s == pytest.approx(10 - 1 - 4) for s in scores)  # LR 0.2: the edit the implementer wrote
     assert store.get_meta("config")["search"]["model"] == spec  # absolute: `ideaforge resume` finds it anywhere
+
+
+def test_vllm_missing_is_refused_before_anything_is_created(tmp_path):
+    import importlib.util
+    if importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    from ideaforge.errors import ConfigError
+    from ideaforge.rl.loop import run_rl
+    with pytest.raises(ConfigError, match=r"--vllm needs vLLM \(pip install vllm"):
+        run_rl(str(make_rl_env(tmp_path / "env")), "smollm2", dir=tmp_path / "camp", use_vllm=True,
+               policy_loader=lambda *a: None)
+    assert not (tmp_path / "camp").exists()
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rl_gpu.py"
+    out = subprocess.run([sys.executable, str(script), "--vllm", "on"], capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=SRC), timeout=60)
+    assert out.returncode != 0 and "vLLM is not installed" in out.stderr
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_two_steps_on_cpu(tmp_path):
+    """benchmarks/rl_gpu.py's code path (HF generate, a tiny model) on the CPU: 2 steps, adapters, the figure."""
+    pytest.importorskip("peft")
+    pytest.importorskip("trl")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "rl_gpu.py"
+    out = subprocess.run([sys.executable, str(script), "--tiny", "--device", "cpu", "--group", "4",
+                          "--max-new-tokens", "32", "--slots", "2", "--dir", str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    last = out.stdout.strip().splitlines()[-1]
+    assert last.startswith("rl_gpu: 2 steps x 4 rollouts on cpu (HF generate):") and "s per step" in last, last
+    assert "sampling with HF generate" in out.stdout
+    steps = [json.loads(line.split(": ", 1)[1]) for line in out.stdout.splitlines() if line.startswith("step ")
+             and line.split(":")[0].split()[1].isdigit()]
+    assert [s["step"] for s in steps] == [0, 1] and all(s["generate_s"] > 0 and "update_s" in s for s in steps)
+    for k in (0, 1):
+        assert (tmp_path / "run" / "campaign" / "rl" / "adapters" / f"step-{k:04d}" / "adapter_model.safetensors").is_file()

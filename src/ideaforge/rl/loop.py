@@ -328,6 +328,11 @@ def run_rl(env: str | None, ideator: str | None, steps: int | None = None, group
             from ideaforge.rl.policy import resolve_ideator
             resolve_ideator(ideator)  # a bad --ideator fails here, before a campaign directory exists
         cfg = RLConfig(steps=steps or 4, group=group, implementer=implementer, reward=reward, **options).check()
+        if cfg.use_vllm:  # before a campaign directory exists (the vLLM path has never run: docs/rl.md)
+            import importlib.util
+            if importlib.util.find_spec("vllm") is None:
+                raise ConfigError("--vllm needs vLLM (pip install vllm, on a GPU machine); without it, drop --vllm "
+                                  "and HF generate samples")
         spec = load_env(env)
         campaign = Campaign.create(dir, spec, {"command": "rl", "rl": cfg.to_dict(), "ideator": ideator})
     ex = make_executor(executor, slots, campaign.spec, ray_address)

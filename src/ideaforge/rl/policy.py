@@ -189,23 +189,42 @@ def resolve_ideator(ideator: str) -> tuple[str, Path | None]:
     return r.base, r.adapter
 
 
+VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the max_lora_rank values vLLM accepts
+
+
 class VLLMSampler:
     """Rollouts from vLLM (GPU) with the previous step's adapter applied per request.
 
     The trainer stays the HF/PEFT `Policy` (updates, saving); vLLM only samples, loading
-    each saved adapter by path, so no weights are synchronised in memory. vLLM does not
-    install on the CPU machines this is developed on: this path is not run by the tests.
+    each saved adapter by path, so no weights are synchronised in memory. NEVER RUN: vLLM does
+    not install on the CPU machines this was written on, and no GPU run has been made; the tests
+    do not reach this class. Every failure to start is a ConfigError saying what to change.
+    Known differences from HF generate: thinking length is counted in words, and whether a final
+    EOS is among a rollout's token ids follows vLLM's output.
     """
 
     def __init__(self, base: str, lora_r: int, gpu_memory_utilization: float = 0.3):
-        try:
-            from vllm import LLM
-        except ImportError:
-            raise ConfigError("--vllm needs vLLM (pip install vllm, on a GPU machine); without it HF generate samples") from None
         if base.endswith(".gguf"):
-            raise ConfigError("--vllm needs a transformers model directory as the ideator, not a .gguf file")
-        self.llm = LLM(model=base, enable_lora=True, max_lora_rank=max(8, lora_r),
-                       gpu_memory_utilization=gpu_memory_utilization)
+            raise ConfigError("--vllm needs a transformers model directory as the ideator, not a .gguf file "
+                              "(benchmarks/rl_gpu.py exports smollm2 to one), or drop --vllm: HF generate samples")
+        rank = next((r for r in VLLM_LORA_RANKS if r >= lora_r), None)
+        if rank is None:
+            raise ConfigError(f"--vllm: vLLM serves LoRA ranks up to {VLLM_LORA_RANKS[-1]}; --lora-r is {lora_r}")
+        try:
+            import torch
+            if not torch.cuda.is_available():
+                raise ConfigError("--vllm needs a CUDA GPU visible to torch; without one, drop --vllm (HF generate)")
+            from vllm import LLM
+        except ImportError as e:
+            raise ConfigError(f"--vllm needs vLLM (pip install vllm, on a GPU machine): {e}; without it, drop "
+                              "--vllm and HF generate samples") from None
+        try:
+            self.llm = LLM(model=base, enable_lora=True, max_lora_rank=rank, max_loras=1,
+                           gpu_memory_utilization=gpu_memory_utilization)
+        except Exception as e:  # vLLM raises many kinds (CUDA, memory, unsupported architecture)
+            raise ConfigError(f"--vllm: vLLM could not load {base} with LoRA (rank {rank}, "
+                              f"{gpu_memory_utilization:.0%} of GPU memory beside the trainer): "
+                              f"{type(e).__name__}: {e}") from None
 
     def sample(self, prompt_ids: list[int], n: int, *, max_new_tokens: int, temperature: float, seed: int,
                adapter: str | None, prefix: str = "") -> list[Rollout]:
@@ -215,6 +234,7 @@ class VLLMSampler:
         lora = None
         if adapter:  # one id per saved adapter: vLLM caches adapters by id
             lora = LoRARequest(Path(adapter).name, int(Path(adapter).name.rsplit("-", 1)[-1]) + 1, str(adapter))
+        # top_k stays vLLM's default (disabled; older versions reject 0), as HF's top_k=0 disables it
         params = SamplingParams(n=n, temperature=temperature, top_p=1.0, max_tokens=max_new_tokens, seed=seed)
         out = self.llm.generate(TokensPrompt(prompt_token_ids=prompt_ids), params, lora_request=lora)[0]
         return [Rollout(prefix + o.text, list(o.token_ids), _count_thinking(o.text)) for o in out.outputs]
