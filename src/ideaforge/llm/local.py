@@ -228,7 +228,12 @@ class LocalModel:
 
     def complete(self, messages: list[dict], *, system: str | None, max_tokens: int,
                  temperature: float | None, purpose: str = "") -> tuple[str, int, int]:
-        """(reply, prompt tokens, sampled tokens)."""
+        """(reply, prompt tokens, sampled tokens). One call at a time: a fast tokenizer shared by threads
+        can fail ("Already borrowed"), and one model's generations would only contend for the device."""
+        with self.lock:
+            return self._complete(messages, system, max_tokens, temperature, purpose)
+
+    def _complete(self, messages, system, max_tokens, temperature, purpose) -> tuple[str, int, int]:
         torch = self.torch
         sampling = self.resolved.sampling
         temp = temperature if temperature is not None else float(sampling.get("temperature") or 1.0)
@@ -250,7 +255,7 @@ class LocalModel:
                 raise LLMError(f"{MAX_NEW_ENV}={cap!r}: expected a number of tokens") from None
         x = torch.tensor([ids], device=self.device)
         try:
-            with self.lock, torch.no_grad():
+            with torch.no_grad():
                 out = self.model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=temp > 0,
                                           temperature=temp if temp > 0 else None, top_k=0, top_p=1.0,
                                           max_new_tokens=max(1, new), num_return_sequences=1, pad_token_id=self.pad_id)
