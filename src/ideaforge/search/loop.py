@@ -1,5 +1,7 @@
 """The campaign loop: Algorithm 1 of the reference (exploit/explore with an annealed
-ratio), or best-of-N as the control, as one resumable pipeline.
+ratio), or best-of-N as the control, as one resumable pipeline. `--mode evolve-async`
+replaces the epochs below with search/async_loop.py (ideas asked as slots free); the
+start's baselines, the confirmation, budgets and resume are shared.
 
 Stages per epoch: ideate -> implement (threads) -> trials (executor slots). Ideas
 are stored the moment they arrive, implementations the moment they pass or fail,
