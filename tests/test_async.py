@@ -217,6 +217,56 @@ def test_resume_never_asks_again_for_a_stored_batch(tmp_path):
     assert len(camp.store.trials(role="candidate")) == 4
 
 
+# -- a model ideates and implements (fake server), smoke check on -------------------------------------
+class ScriptedModel:
+    """Answers ideation prompts with one fresh idea each, implementation prompts with an LR edit."""
+
+    def __init__(self):
+        self.kinds: list[str] = []
+        self.n = 0
+
+    def __call__(self, provider: str, req: dict) -> str:
+        users = [m["content"] for m in req["messages"] if m["role"] == "user"]
+        if "# The idea to implement" in users[0]:
+            i = int(users[0].split("# The idea to implement", 1)[1].split("Variant q", 1)[1].split()[0])
+            lr = 0.1 * 2 ** (i % 4 + 1)
+            return (f"train.py\n<<<<<<< SEARCH\nLR = 0.1  # learning rate\n=======\nLR = {lr}  # learning rate\n"
+                    ">>>>>>> REPLACE\n")
+        text = users[-1]
+        self.kinds.append("exploit" if "# Results so far" in text else "explore" if "# Ideas tried so far" in text
+                          else "initial")
+        self.n += 1
+        return (f"[Idea] Variant q{self.n} r{self.n}\n[Description] s{self.n} t{self.n}\n"
+                "[Code Changes] edit train.py\n[Hyperparameters] none\n[End]\n")
+
+
+@pytest.mark.slow
+def test_async_with_a_model_implements_while_trials_run(tmp_path, monkeypatch):
+    from fakes.llm_server import FakeLLMServer
+    from ideaforge.search.assemble import build_search
+
+    monkeypatch.setenv("OPENAI_API_KEY", "test")
+    spec = load_env(make_env(tmp_path / "env", sleep=0.4))
+    model = ScriptedModel()
+    with FakeLLMServer(model) as srv:
+        cfg = SearchConfig(mode="evolve-async", epochs=2, ideas=3, confirm_top=0, samples=1, repairs=0,
+                           model=f"openai-compatible:fake@{srv.openai_url}", smoke=True)
+        camp = Campaign.create(tmp_path / "camp", spec, {"command": "run", "search": cfg.__dict__})
+        with LocalExecutor(slots=2) as ex:
+            assert build_search(camp, cfg, ex, log=lambda m: None).run() == "finished"
+    store = camp.store
+    check_batches(store, 2, 3)
+    assert {"initial", "exploit", "explore"} <= set(model.kinds)
+    ideas = store.ideas()
+    assert all(i["status"] == "implemented" for i in ideas)
+    calls = store.execute("SELECT started_at FROM llm_calls WHERE purpose = 'implement'").fetchall()
+    assert len(calls) == len(ideas)
+    # Ideation and implementation (its smoke run included) went on while candidate trials ran.
+    candidates = store.trials(role="candidate")
+    assert len(candidates) == len(ideas) and all(t["outcome"] == "evaluated" for t in candidates)
+    assert any(t["started"] < c["started_at"] < t["ended"] for c in calls for t in candidates)
+
+
 # -- kill -9 of the controller, real processes ----------------------------------------------------
 def _count(camp: Path, what) -> int:
     try:
