@@ -3,7 +3,6 @@ generations read as epochs by status and the report, and a SIGKILLed controller 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -44,7 +43,8 @@ json.dump({"score": score}, open(os.path.join(os.environ["IDEAFORGE_OUT"], "ckpt
 
 def make_env(root: Path, sleep: float, log: Path | None = None) -> Path:
     root.mkdir(parents=True)
-    (root / "train.py").write_text(TRAIN.replace("SLEEP", repr(sleep)).replace("LOG = None", f"LOG = {str(log) if log else None!r}"))
+    log_path = str(log) if log else None
+    (root / "train.py").write_text(TRAIN.replace("SLEEP", repr(sleep)).replace("LOG = None", f"LOG = {log_path!r}"))
     (root / "evaluate.py").write_text(textwrap.dedent("""
         import json, os
         ck = json.load(open(os.path.join(os.environ["IDEAFORGE_OUT"], "ckpt.json")))

@@ -151,7 +151,7 @@ def run(
                                       "the no-feedback control; evolve-async: Algorithm 1 without epoch barriers, "
                                       "ideas asked a few at a time as slots free (the same epochs x ideas in all)")] = Mode(D.mode),
     epochs: Annotated[int, typer.Option(callback=bound(1), help="search epochs (>= 1), numbered 0..epochs-1")] = D.epochs,
-    ideas: Annotated[int, typer.Option(callback=bound(1), help="ideas per epoch (>= 1); each is one trial")] = D.ideas,
+    ideas: Annotated[int, typer.Option(callback=bound(1), help="ideas per epoch (>= 1; evolve-async: per generation); each is one trial")] = D.ideas,
     budget: Annotated[Optional[float], typer.Option(callback=bound(0, open_=True, unit="seconds"), help=BUDGET_HELP)] = None,
     baseline_seeds: Annotated[int, typer.Option(callback=bound(1), help="baseline trials at the start, each with "
                                                 "its own seed: the noise floor ideas must beat (>= 1)")] = D.baseline_seeds,

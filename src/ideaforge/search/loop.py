@@ -73,8 +73,8 @@ class SearchConfig:
         return round(self.ideas * ratio)
 
     def exploit_share(self, finished: int) -> float:
-        """evolve-async's annealing by finished candidate trials: the line through the corners of the
-        reference's steps (0.6 after 2 epochs' worth of trials, 0.7 after 4, 0.8 from 6 on)."""
+        """evolve-async's annealing by finished ideas (trial done or implementation failed): the line
+        through the corners of the reference's steps (0.6 after 2 epochs' worth, 0.7 after 4, 0.8 from 6 on)."""
         return min(0.5 + 0.05 * finished / max(1, self.ideas), 0.8)
 
 
