@@ -97,6 +97,7 @@ def check_batches(store: Store, epochs: int, ideas: int) -> None:
         rows = [b for b in batches if b["batch"] == n]
         assert {b["generation"] for b in rows} == {asked // ideas}
         asked += sum(b["asked"] for b in rows)
+        assert (asked - 1) // ideas == rows[0]["generation"], "a batch spans two generations"
     stored = store.ideas()
     assert len(stored) == sum(b["kept"] for b in batches)
     by_key = {(b["batch"], b["kind"]): b for b in batches}

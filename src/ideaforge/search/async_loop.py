@@ -16,7 +16,8 @@ executor's event queue, which trial ends, finished implementations and ideation 
 all wake.
 
 Generations: a batch's ideas carry in `ideas.epoch` its generation = ideas asked before it
-// ideas per epoch (0..epochs-1), so the per-epoch views of `status` and the report, and the
+// ideas per epoch (0..epochs-1; a batch is cut at a generation's end, so each asks exactly
+`ideas`), so the per-epoch views of `status` and the report, and the
 contemporaneous-baseline statistics (stats.py), read a generation as an epoch. When a
 generation starts, its baseline re-runs are queued, tagged with it, as evolve does at each
 epoch's start; meta `epochs_done` counts the leading generations whose ideas have all finished.
@@ -129,7 +130,7 @@ class AsyncPhase:
         free = s.executor.slots + cfg.ahead - queued - running - implementing
         if free <= 0:
             return None
-        k = min(free, left)
+        k = min(free, left, cfg.ideas - asked % cfg.ideas)  # a batch never spans two generations: each asks `ideas`
         batch = rows[-1]["batch"] + 1 if rows else 0
         generation = asked // cfg.ideas
         history = s.scored()
