@@ -93,7 +93,7 @@ class AsyncPhase:
                 queued, running = s.runner.pending()
                 if not (queued or running or asking or any(not f.done() for f in futures)) \
                         and self._asked() >= self.total:
-                    return None
+                    break  # why is None: the search phase is done
                 for fin in s.executor.wait():
                     s.runner.handle(fin)
                 s._save_elapsed()  # so `ideaforge status` shows the wall time of a running campaign
