@@ -71,6 +71,5 @@ def test_weights_of_another_shape_are_refused(tmp_path):
     save_file(state, ck / "model.safetensors")
     assert load_file(ck / "model.safetensors")[name].shape[0] == state[name].shape[0]
     res = _evaluate(tmp_path, prepared)
-    # refused with no score; the evaluator reports it as no_result ("size mismatch"), not as invalid
-    assert res["status"] in ("invalid", "no_result") and "metrics" not in res, res
+    assert res["status"] == "invalid" and "metrics" not in res, res
     assert "size mismatch" in res["reason"], res

@@ -100,6 +100,7 @@ class Backend(str, Enum):
 class Mode(str, Enum):
     evolve = "evolve"
     best_of_n = "best-of-n"
+    evolve_async = "evolve-async"
 
 
 ExecutorOpt = Annotated[Optional[Backend], typer.Option(

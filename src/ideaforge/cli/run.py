@@ -40,8 +40,9 @@ def say_plan(cfg: SearchConfig, spec_budget_s: float, slots: int) -> None:
     p = plan(cfg, spec_budget_s, slots)
     rerun = p.trials - cfg.baseline_seeds - cfg.epochs * cfg.ideas \
         - min(cfg.confirm_top, cfg.epochs * cfg.ideas) * max(0, cfg.confirm_seeds - 1)
-    say(f"plan: {p.trials} trials ({cfg.baseline_seeds} baseline + {rerun} baseline re-runs + "
-        f"{cfg.epochs} epochs x {cfg.ideas} ideas + "
+    ideas = (f"{cfg.epochs} x {cfg.ideas} ideas asked as slots free" if cfg.mode == "evolve-async"
+             else f"{cfg.epochs} epochs x {cfg.ideas} ideas")
+    say(f"plan: {p.trials} trials ({cfg.baseline_seeds} baseline + {rerun} baseline re-runs + {ideas} + "
         f"{min(cfg.confirm_top, cfg.epochs * cfg.ideas)} x {max(0, cfg.confirm_seeds - 1)} confirmation runs) of {p.budget_s:.0f} s on {p.slots} "
         f"slot(s): about {fmt_duration(p.wall_s)} of training, plus evaluation and ideation"
         + (f"; stops after {fmt_duration(cfg.max_wall_s)} of wall time" if cfg.max_wall_s else ""))
@@ -157,9 +158,10 @@ def run(
     offline: Annotated[bool, typer.Option("--offline", help="use the offline ideators even when a key is set")] = False,
     replay: Annotated[Optional[Path], typer.Option("--replay", metavar="DIR", help=REPLAY_HELP)] = None,
     mode: Annotated[Mode, typer.Option(help="evolve: Algorithm 1 (exploit winners, explore history); best-of-n: "
-                                      "the no-feedback control")] = Mode(D.mode),
+                                      "the no-feedback control; evolve-async: Algorithm 1 without epoch barriers, "
+                                      "ideas asked a few at a time as slots free (the same epochs x ideas in all)")] = Mode(D.mode),
     epochs: Annotated[int, typer.Option(callback=bound(1), help="search epochs (>= 1), numbered 0..epochs-1")] = D.epochs,
-    ideas: Annotated[int, typer.Option(callback=bound(1), help="ideas per epoch (>= 1); each is one trial")] = D.ideas,
+    ideas: Annotated[int, typer.Option(callback=bound(1), help="ideas per epoch (>= 1; evolve-async: per generation); each is one trial")] = D.ideas,
     budget: Annotated[Optional[float], typer.Option(callback=bound(0, open_=True, unit="seconds"), help=BUDGET_HELP)] = None,
     baseline_seeds: Annotated[int, typer.Option(callback=bound(1), help="baseline trials at the start, each with "
                                                 "its own seed: the noise floor ideas must beat (>= 1)")] = D.baseline_seeds,
@@ -175,6 +177,9 @@ def run(
     repairs: Annotated[int, typer.Option(callback=bound(0), help="implementer: repairs per sample from the apply/check "
                                          "error (>= 0; model runs only)")] = D.repairs,
     seed: Annotated[int, typer.Option(help="seed of the ideators' sampling (trial seeds are 0, 1, ...)")] = D.seed,
+    ahead: Annotated[int, typer.Option(callback=bound(0), help="evolve-async only: ideas kept in implementation "
+                                       "beyond the free slots, so a slot that frees finds a trial ready (a model "
+                                       "implementer takes minutes per idea) (>= 0)")] = D.ahead,
     max_wall: Annotated[Optional[str], typer.Option(
         metavar="MINUTES", callback=minutes_to_seconds, help="stop after this much wall time of this controller "
         "(what is running finishes): minutes, or a number with s, m or h (45s, 90m, 1.5h) [default: no limit]")] = None,
@@ -192,6 +197,9 @@ def run(
 
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
     mode = Mode(mode).value
+    if ahead and mode != "evolve-async":
+        raise typer.BadParameter(f"--ahead applies to --mode evolve-async only (got --mode {mode}: an epoch's "
+                                 "ideas are all implemented at once)", param_hint="--ahead")
     spec = load_env(env, profile=profile)
     replay, model = replay_dir(replay, model)
     chosen = replay_choice(replay, model, offline) if replay is not None else choose_model(model, offline)
@@ -201,7 +209,7 @@ def run(
                        baseline_every_epoch=baseline_every_epoch, confirm_top=confirm_top, confirm_seeds=confirm_seeds,
                        model=chosen, implementer=implementer, samples=samples,
                        repairs=repairs, seed=seed, max_wall_s=max_wall, max_usd=max_usd, max_cpu_hours=max_cpu_hours,
-                       max_gpu_hours=max_gpu_hours)
+                       max_gpu_hours=max_gpu_hours, ahead=ahead)
     campaign = Campaign.create(dir or default_dir(mode, spec.name), spec, {"command": "run", "search": config_dict(cfg)})
     ex = make_executor(choice, campaign)
     if chosen is None:

@@ -1,5 +1,7 @@
 """The campaign loop: Algorithm 1 of the reference (exploit/explore with an annealed
-ratio), or best-of-N as the control, as one resumable pipeline.
+ratio), or best-of-N as the control, as one resumable pipeline. `--mode evolve-async`
+replaces the epochs below with search/async_loop.py (ideas asked as slots free); the
+start's baselines, the confirmation, budgets and resume are shared.
 
 Stages per epoch: ideate -> implement (threads) -> trials (executor slots). Ideas
 are stored the moment they arrive, implementations the moment they pass or fail,
@@ -21,7 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from ideaforge.envs.workspace import read_files
-from ideaforge.errors import DiskFull, StoreError
+from ideaforge.errors import ConfigError, DiskFull, StoreError
 from ideaforge.ideate import Context, Idea, ScoredIdea
 from ideaforge.ideate.catalogue import machine_features
 from ideaforge.ideate.dedup import DedupIndex
@@ -33,7 +35,7 @@ from ideaforge.stats import EPOCHS_META, Stats, leaderboard, trial_epochs
 
 @dataclass
 class SearchConfig:
-    mode: str = "evolve"           # evolve | best-of-n
+    mode: str = "evolve"           # evolve | best-of-n | evolve-async (ideas asked as slots free: search/async_loop.py)
     epochs: int = 4
     ideas: int = 8                 # ideas per epoch
     budget_s: float | None = None  # training seconds per trial; None = the environment's
@@ -54,10 +56,29 @@ class SearchConfig:
     max_usd: float | None = None
     max_cpu_hours: float | None = None
     max_gpu_hours: float | None = None
+    ahead: int = 0                 # evolve-async: ideas kept in implementation beyond the free slots (a model
+                                   # implementer takes minutes; offline ideas carry their edit, so 0 loses nothing)
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"unknown search mode {self.mode!r} (the modes are {', '.join(MODES)})")
+        if self.ahead < 0:
+            raise ConfigError(f"ahead must be >= 0, got {self.ahead}")
+        if self.ahead and self.mode != "evolve-async":
+            raise ConfigError(f"ahead ({self.ahead}) applies to --mode evolve-async only, not {self.mode}: "
+                              "the epoch modes implement a whole epoch's ideas at once")
 
     def exploit_count(self, epoch: int) -> int:
         ratio = min(0.5 + 0.1 * (epoch // 2), 0.8)  # the reference's annealing, 50% -> 80%
         return round(self.ideas * ratio)
+
+    def exploit_share(self, finished: int) -> float:
+        """evolve-async's annealing by finished ideas (trial done or implementation failed): the line
+        through the corners of the reference's steps (0.6 after 2 epochs' worth, 0.7 after 4, 0.8 from 6 on)."""
+        return min(0.5 + 0.05 * finished / max(1, self.ideas), 0.8)
+
+
+MODES = ("evolve", "best-of-n", "evolve-async")
 
 
 class Search:
@@ -113,10 +134,27 @@ class Search:
             with self.store.tx():
                 for s in range(self.cfg.baseline_seeds):
                     self.store.add_trial("baseline", seed=s, budget_s=self.budget_s)
+        if self.cfg.mode == "evolve-async":
+            from ideaforge.search.async_loop import AsyncPhase  # it builds on this module
+
+            why = AsyncPhase(self).run()
+        else:
+            why = self.epochs()
+        if why:
+            return self._stop(why)
+        if why := self.exhausted():
+            return self._stop(why)
+        self.confirm()
+        self.store.set_meta("finished", True)
+        self._save_elapsed()
+        return "finished"
+
+    def epochs(self) -> str | None:
+        """The search phase of evolve and best-of-N: epoch after epoch. Returns why it stopped early, or None."""
         start = int(self.store.get_meta("epochs_done", 0))
         for epoch in range(start, self.cfg.epochs):
             if why := self.exhausted():
-                return self._stop(why)
+                return why
             self.emit("epoch", {"epoch": epoch, "epochs": self.cfg.epochs})
             if epoch > 0:  # epoch 0 runs beside the start's baseline seeds
                 self.queue_baselines(epoch, self.cfg.baseline_every_epoch)
@@ -125,12 +163,7 @@ class Search:
             self.store.set_meta("epochs_done", epoch + 1)
             self.emit("epoch_done", {"epoch": epoch})
             self._save_elapsed()
-        if why := self.exhausted():
-            return self._stop(why)
-        self.confirm()
-        self.store.set_meta("finished", True)
-        self._save_elapsed()
-        return "finished"
+        return None
 
     def _stop(self, why: str) -> str:
         self.drain()  # what is already running finishes; nothing new starts
@@ -200,12 +233,18 @@ class Search:
                 beats_baseline=bool(r and r["beats"]), edit=idea["origin"].get("edit"), parents=idea["parents"]))
         return out
 
-    def context(self, epoch: int) -> Context:
+    def context(self, epoch: int, seed: int | None = None) -> Context:
         base, _ = leaderboard(self.store, self.spec.goal)
         proposed = [i["title"] for i in self.store.ideas()]
         return Context(spec=self.spec, files=self.baseline_files, baseline_mean=base.mean if base else None,
                        baseline_std=base.std if base else None, proposed=proposed, epoch=epoch,
-                       seed=self.cfg.seed * 1000 + epoch)
+                       seed=self.cfg.seed * 1000 + epoch if seed is None else seed)
+
+    def parents(self, history: list[ScoredIdea]) -> list[ScoredIdea]:
+        """What exploit ideas build on: the ideas that beat the baseline, else the best three measured."""
+        winners = [s for s in history if s.beats_baseline]
+        return winners or sorted((s for s in history if s.metric is not None),
+                                 key=lambda s: s.metric if self.spec.goal == "min" else -s.metric)[:3]
 
     def ideas_for(self, epoch: int) -> list[dict]:
         """This epoch's ideas: each kind of ideation is asked once; a resume reuses what was recorded."""
@@ -221,9 +260,7 @@ class Search:
             if n_exploit or n_explore:
                 ctx = self.context(epoch)
                 history = self.scored()
-                winners = [s for s in history if s.beats_baseline]
-                parents = winners or sorted((s for s in history if s.metric is not None),
-                                            key=lambda s: s.metric if self.spec.goal == "min" else -s.metric)[:3]
+                parents = self.parents(history)
                 rng = random.Random(ctx.seed)
                 sample = rng.sample(history, min(len(history), self.cfg.explore_sample))
                 with ThreadPoolExecutor(2) as pool:  # both prompts at once
@@ -240,22 +277,38 @@ class Search:
         return ideas
 
     def _store_ideas(self, epoch: int, kind: str, ideas: list[Idea], ctx: Context, asked: int) -> None:
+        kept = self.keep_new(ideas)
+        with self.store.tx():
+            self.add_ideas(epoch, kind, kept)
+            self.store.add_ideation(epoch, kind, asked, len(ideas), len(kept), getattr(self.ideator, "name", "?"))
+        self.indexed(kept)
+
+    def keep_new(self, ideas: list[Idea]) -> list[Idea]:
+        """`ideas` less near-duplicates of the campaign's ideas and of each other."""
         if self._dedup is None:  # built once per controller, then kept up to date: never a campaign rescan
             self._dedup = DedupIndex(f"{i['title']} {i['description']}" for i in self.store.ideas())
         kept = self._dedup.keep(ideas, add=False)
         if len(kept) < len(ideas):
             self.emit("log", {"message": f"  dropped {len(ideas) - len(kept)} near-duplicate idea(s)"})
-        with self.store.tx():
-            for idea in kept:
-                origin = dict(idea.origin, ideator=getattr(self.ideator, "name", "?"))
-                if idea.edit:
-                    origin["edit"] = idea.edit
-                if idea.hyperparameters:
-                    origin["hyperparameters"] = idea.hyperparameters
-                self.store.add_idea(epoch, kind, idea.title, idea.description, idea.code_changes,
-                                    idea.parents, origin)
-            self.store.add_ideation(epoch, kind, asked, len(ideas), len(kept), getattr(self.ideator, "name", "?"))
-        for idea in kept:  # indexed as the database holds them, as a resumed controller will index them
+        return kept
+
+    def add_ideas(self, epoch: int, kind: str, kept: list[Idea], origin: dict | None = None) -> list[int]:
+        """Insert ideas (inside the caller's transaction, with the record of the call that gave them)."""
+        ids = []
+        for idea in kept:
+            o = dict(idea.origin, ideator=getattr(self.ideator, "name", "?"), **(origin or {}))
+            if idea.edit:
+                o["edit"] = idea.edit
+            if idea.hyperparameters:
+                o["hyperparameters"] = idea.hyperparameters
+            ids.append(self.store.add_idea(epoch, kind, idea.title, idea.description, idea.code_changes,
+                                           idea.parents, o))
+        return ids
+
+    def indexed(self, kept: list[Idea]) -> None:
+        """Once stored: index them as the database holds them, as a resumed controller will index them."""
+        assert self._dedup is not None
+        for idea in kept:
             self._dedup.add(f"{idea.title} {idea.description}")
 
     # -- implementation and trials, pipelined --------------------------------------------------

@@ -364,6 +364,17 @@ class Store:
         rows = self.execute("SELECT * FROM ideations WHERE epoch = ?", (epoch,)).fetchall()
         return {r["kind"]: dict(r) for r in rows}
 
+    def add_batch(self, batch: int, kind: str, generation: int, finished: int, exploit_share: float, asked: int,
+                  returned: int, kept: int, ideator: str) -> None:
+        """Record one kind of an async ideation batch; store it in the same transaction as its ideas."""
+        self.execute("INSERT INTO batches(batch, kind, generation, finished, exploit_share, asked, returned, kept, "
+                     "ideator, created) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                     (batch, kind, generation, finished, exploit_share, asked, returned, kept, ideator, time.time()))
+
+    def batches(self) -> list[dict[str, Any]]:
+        """Every async ideation batch, one row per (batch, kind), in the order asked."""
+        return [dict(r) for r in self.execute("SELECT * FROM batches ORDER BY batch, kind").fetchall()]
+
     def set_confirm_set(self, implementation_ids: list[int]) -> None:
         """The implementations chosen for confirmation, chosen once: a resume confirms the same set."""
         self.set_meta("confirm_set", [int(i) for i in implementation_ids])

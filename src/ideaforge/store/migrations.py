@@ -129,4 +129,23 @@ MIGRATIONS: list[str] = [
     ALTER TABLE trials ADD COLUMN isolation TEXT;
     ALTER TABLE trials ADD COLUMN train_cpu_s REAL;
     """,
+    # 6: the ideation batches of `--mode evolve-async` (search/async_loop.py): asked a few at a time as
+    # slots free, each recorded with its ideas so a resume never asks for it again. An async batch's
+    # ideas carry its generation in `ideas.epoch` (ideas asked before it // ideas per epoch), so
+    # per-epoch views and the contemporaneous baseline read an async campaign as they read a sync one.
+    """
+    CREATE TABLE batches (
+        batch INTEGER NOT NULL,          -- 0, 1, ... in the order asked
+        kind TEXT NOT NULL,              -- initial | exploit | explore
+        generation INTEGER NOT NULL,     -- the epoch its ideas carry
+        finished INTEGER NOT NULL,       -- candidate trials finished when it was asked: the feedback it saw
+        exploit_share REAL NOT NULL,     -- the annealed exploit share at that point
+        asked INTEGER NOT NULL,          -- ideas requested (counts against epochs x ideas)
+        returned INTEGER NOT NULL,       -- ideas the ideator gave back
+        kept INTEGER NOT NULL,           -- ideas stored after de-duplication
+        ideator TEXT,
+        created REAL NOT NULL,
+        PRIMARY KEY (batch, kind)
+    );
+    """,
 ]

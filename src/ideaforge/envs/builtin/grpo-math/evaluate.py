@@ -110,6 +110,12 @@ def load_weights(model, ckpt: Path) -> None:
     state = {}
     for f in files:
         state.update(load_file(f))
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise Invalid(f"{ckpt.name}: weights do not fit the fixed model (size mismatch for {k}: "
+                      f"{tuple(state[k].shape)} saved, {tuple(own[k].shape)} expected; {len(wrong)} tensor(s) differ)")
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {"lm_head.weight"} if model.config.tie_word_embeddings else set()
     if unexpected or set(missing) - tied:

@@ -54,7 +54,7 @@ WARMUP_STEPS = 50  # steps of linear warmup from 0 to LEARNING_RATE, then consta
 WEIGHT_DECAY = 0.1  # AdamW decoupled weight decay on matrices (not on biases/norms/embeddings)
 BETAS = (0.9, 0.99)  # AdamW momentum coefficients
 GRAD_CLIP = 1.0  # max global gradient norm
-LOG_EVERY = 50  # steps between METRIC progress lines
+LOG_EVERY = 10  # steps between METRIC progress lines (the learning curve)
 SAVE_RESERVE_S = 1.0  # seconds kept free at the end of the budget for saving the checkpoint
 CPU_CLOCK = os.environ.get("IDEAFORGE_BUDGET_CLOCK") == "cpu"  # the harness counts CPU seconds, not wall
 
