@@ -45,7 +45,7 @@ class SearchConfig:
     confirm_top: int = 3           # best ideas re-run at the end ...
     confirm_seeds: int = 3         # ... until each has this many seeds
     model: str | None = None       # None: offline ideators, ideas carry their own edits
-    implementer: str | None = None # "agent:..." implements with a coding agent (implement/agent.py); None: `model`
+    implementer: str | None = None # "agent:..." a coding agent (implement/agent.py); PROVIDER:NAME a model; None: `model`
     samples: int = 3               # implementer: edits sampled in parallel per idea
     repairs: int = 2               # implementer: repairs per sample
     smoke: bool = True             # smoke-check model implementations before a trial
