@@ -99,7 +99,8 @@ def rl_command(
                       **({} if resume else options))
         store = Store.open_readonly(root)
         typer.echo(summary_text(store))
-        typer.echo(f"\nadapters: {root / 'rl' / 'adapters'}")
+        typer.echo(f"\nadapters: {root / 'rl' / 'adapters'} (each step's serves as "
+                   f"`ideaforge run --model local:{root / 'rl' / 'adapters'}/step-NNNN`)")
     except IdeaforgeError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
