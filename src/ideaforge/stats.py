@@ -287,7 +287,8 @@ def tokens(text: str) -> frozenset[str]:
 def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
     if not a and not b:
         return 1.0
-    return len(a & b) / len(a | b)
+    both = len(a & b)  # |a ∪ b| from the sizes: one set operation, not two
+    return both / (len(a) + len(b) - both)
 
 
 def mean_pairwise_similarity(texts: list[str]) -> float | None:

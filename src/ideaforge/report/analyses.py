@@ -18,7 +18,7 @@ Diversity per epoch: distinct ideas (titles reduced to their token sets: "Add Ro
 "RoPE, added" are one), distinct edit targets (the names on the lines an edit removes,
 as the RL analysis clusters ideas), and the mean pairwise token-Jaccard similarity of the
 ideas' titles and descriptions (`stats.mean_pairwise_similarity`; 1 = all alike) over at
-most `SIMILARITY_SAMPLE` ideas of the epoch, evenly strided.
+most `SIMILARITY_SAMPLE` ideas of the epoch, evenly spread.
 
 Models: an idea's model is its origin's `model`; ideas of the offline ideators count as
 the model `offline`, ideas typed on the command line as `manual`.
@@ -38,7 +38,7 @@ from ideaforge.store import Store
 
 HYPERPARAMETER, STRUCTURAL, NO_CHANGE, NOT_IMPLEMENTED = "hyperparameter", "structural", "no change", "not implemented"
 EDIT_KINDS = (HYPERPARAMETER, STRUCTURAL, NO_CHANGE, NOT_IMPLEMENTED)
-SIMILARITY_SAMPLE = 120  # ideas per epoch compared pairwise (7,140 pairs): a 200-idea epoch costs no more
+SIMILARITY_SAMPLE = 64  # ideas per epoch compared pairwise (2,016 pairs, ~10 ms): a 200-idea epoch costs no more
 
 _SKIP = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.ENCODING, tokenize.ENDMARKER,
          tokenize.INDENT, tokenize.DEDENT}
@@ -86,50 +86,68 @@ def compare_code(before: str, after: str, python: bool = True) -> str:
 def code_tokens(text: str, python: bool = True) -> list[tuple[str, Any]] | None:
     """(kind, value) per token: numbers by value, signs folded into them, comments and spacing out,
     ("indent", columns) at the start of each logical line. None when `python` and the stdlib
-    tokenizer cannot read the fragment."""
-    raw: list[tuple[str, str, bool]] = []  # (kind, text, first token of a line)
-    indent: list[int] = []
-    if python:
-        try:
-            line_start = True
-            for tok in tokenize.generate_tokens(io.StringIO(text).readline):
-                if tok.type in (tokenize.NEWLINE, tokenize.NL):
-                    line_start = tok.type == tokenize.NEWLINE or line_start
-                    continue
-                if tok.type in _SKIP:
-                    continue
-                kind = "num" if tok.type == tokenize.NUMBER else "str" if tok.type == tokenize.STRING else "tok"
-                raw.append((kind, tok.string, line_start))
-                indent.append(tok.start[1])
-                line_start = False
-        except (tokenize.TokenError, IndentationError, SyntaxError):
+    tokenizer cannot read the fragment.
+
+    A one-regex-per-line reader handles most fragments (3-4x faster than the stdlib tokenizer,
+    which a report of 2,000 ideas feels); the stdlib's reads those with what the regex cannot
+    follow across lines: triple-quoted strings and backslash continuations."""
+    if python and ('"""' in text or "\'\'\'" in text or "\\\n" in text):
+        raw = _stdlib_tokens(text)
+        if raw is None:
             return None
     else:
-        for line in text.splitlines():
-            first = True
-            for m in _REGEX.finditer(line):
-                if m.lastgroup == "comment":
-                    continue
-                kind = {"num": "num", "str": "str"}.get(m.lastgroup, "tok")
-                raw.append((kind, m.group(), first))
-                indent.append(m.start())
-                first = False
+        raw = _regex_tokens(text)
     out: list[tuple[str, Any]] = []
     prev: str | None = None
     k = 0
     while k < len(raw):
-        kind, s, first = raw[k]
+        kind, s, col, first = raw[k]
         if first:
-            out.append(("indent", indent[k]))
-        if (kind == "tok" and s in "+-" and k + 1 < len(raw) and raw[k + 1][0] == "num"
-                and not raw[k + 1][2] and (prev is None or first or prev in _SIGN_AFTER)):
+            out.append(("indent", col))
+        if (kind == "tok" and s in ("+", "-") and k + 1 < len(raw) and raw[k + 1][0] == "num"
+                and not raw[k + 1][3] and (prev is None or first or prev in _SIGN_AFTER)):
             value = _number(raw[k + 1][1])
-            out.append(("num", -value if s == "-" and value is not None else value))
+            out.append(("num", -value if s == "-" and isinstance(value, (int, float, complex)) else (s, value)))
             prev, k = raw[k + 1][1], k + 2
             continue
         out.append(("num", _number(s)) if kind == "num" else (kind, s))
         prev, k = s, k + 1
     return out
+
+
+def _regex_tokens(text: str) -> list[tuple[str, str, int, bool]]:
+    """(kind, text, column, starts a logical line) by regex; a line inside brackets continues one."""
+    raw, depth = [], 0
+    for line in text.splitlines():
+        first = depth == 0
+        for m in _REGEX.finditer(line):
+            group = m.lastgroup
+            if group == "comment":
+                continue
+            s = m.group()
+            if group == "op":
+                depth = max(0, depth + (s in "([{") - (s in ")]}"))
+            raw.append(("num" if group == "num" else "str" if group == "str" else "tok", s, m.start(), first))
+            first = False
+    return raw
+
+
+def _stdlib_tokens(text: str) -> list[tuple[str, str, int, bool]] | None:
+    raw = []
+    try:
+        line_start = True
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+            if tok.type in (tokenize.NEWLINE, tokenize.NL):
+                line_start = tok.type == tokenize.NEWLINE or line_start
+                continue
+            if tok.type in _SKIP:
+                continue
+            kind = "num" if tok.type == tokenize.NUMBER else "str" if tok.type == tokenize.STRING else "tok"
+            raw.append((kind, tok.string, tok.start[1], line_start))
+            line_start = False
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return None
+    return raw
 
 
 def _number(s: str) -> Any:
@@ -242,15 +260,16 @@ def _by_epoch(ideas: list[dict], per_idea: dict[int, dict]) -> list[dict]:
             rates[p["edit_kind"]][1] += 1
             rates[p["edit_kind"]][0] += p["outcome"] == "evaluated"
         evaluated = sum(per_idea[i["id"]]["outcome"] == "evaluated" for i in mine)
-        stride = max(1, -(-len(mine) // SIMILARITY_SAMPLE))
+        sample = mine if len(mine) <= SIMILARITY_SAMPLE else [
+            mine[k * len(mine) // SIMILARITY_SAMPLE] for k in range(SIMILARITY_SAMPLE)]  # evenly spread
         targets = {per_idea[i["id"]]["target"] for i in mine if per_idea[i["id"]]["target"]}
         out.append({
             "epoch": epoch, "ideas": len(mine), "evaluated": evaluated, "exec_rate": evaluated / len(mine),
             "kinds": kinds, "kind_rates": rates,
             "distinct": len({tokens(i["title"]) for i in mine}),
             "targets": len(targets),
-            "similarity": mean_pairwise_similarity([f"{i['title']} {i['description']}" for i in mine[::stride]]),
-            "sampled": len(mine[::stride]),
+            "similarity": mean_pairwise_similarity([f"{i['title']} {i['description']}" for i in sample]),
+            "sampled": len(sample),
         })
     return out
 

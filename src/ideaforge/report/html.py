@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ideaforge.report import svg
-from ideaforge.report.analyses import EDIT_KINDS, HYPERPARAMETER, STRUCTURAL, compare_models
+from ideaforge.report.analyses import EDIT_KINDS, HYPERPARAMETER, SIMILARITY_SAMPLE, STRUCTURAL, compare_models
 from ideaforge.report.assets import CSS, JS
 from ideaforge.report.data import OUTCOME_ORDER, compare_series, idea_details, load_campaign
 from ideaforge.report.rlview import rl_section
@@ -261,9 +261,10 @@ def _epoch_table(epochs: list[dict]) -> str:
         + f'<td class="num">{e["distinct"]}</td><td class="num">{e["targets"]}</td>'
           f'<td class="num">{fmt(e["similarity"], 3)}</td></tr>' for e in epochs)
     heads = "".join(f"<th>{esc(k)}<br>evaluated/ideas</th>" for k in EDIT_KINDS)
-    return ('<table class="small" id="analyses-per-epoch"><caption>Per epoch: execution rate overall and per kind of '
-            'idea; diversity as distinct ideas (title token sets), distinct edit targets (the names an edit '
-            'changes) and mean pairwise similarity of the idea texts.</caption><thead><tr><th>epoch</th>'
+    return (f'<table class="small" id="analyses-per-epoch"><caption>Per epoch: execution rate overall and per kind of '
+            f'idea; diversity as distinct ideas (title token sets), distinct edit targets (the names an edit '
+            f'changes) and mean pairwise similarity of the idea texts (over at most {SIMILARITY_SAMPLE} ideas of an epoch, '
+            'evenly spread).</caption><thead><tr><th>epoch</th>'
             f'<th>ideas</th><th>evaluated</th>{heads}<th>distinct ideas</th><th>distinct targets</th>'
             f'<th>similarity</th></tr></thead><tbody>{rows}</tbody></table>')
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Callable
 
-from ideaforge.report.analyses import EDIT_KINDS, analyse
+from ideaforge.report.analyses import EDIT_KINDS, SIMILARITY_SAMPLE, analyse
 from ideaforge.report.data import log_tail
 from ideaforge.report.rlview import rl_status_lines
 from ideaforge.stats import ALPHA, drift, leaderboard, verdict
@@ -90,7 +90,7 @@ def analysis_lines(a: dict, goal: str) -> list[str]:
     short = {"hyperparameter": "hyperparam", "structural": "structural", "no change": "no change",
              "not implemented": "not impl."}
     out += ["", "per epoch: evaluated/ideas of each kind; diversity: distinct ideas, distinct edit targets, "
-                "mean pairwise similarity of idea texts (1 = all alike)",
+                f"mean pairwise similarity of idea texts (1 = all alike; at most {SIMILARITY_SAMPLE} ideas an epoch)",
             f"{'epoch':>5} {'ideas':>5} {'evaluated':>9} " + " ".join(f"{short[k]:>10}" for k in EDIT_KINDS)
             + f" {'distinct':>8} {'targets':>7} {'similar':>7}"]
     for e in a["by_epoch"]:
