@@ -70,7 +70,7 @@ def test_edit_kind_of_whole_diffs():
 
 
 # -- the analyses on a small synthetic store -------------------------------------------------------
-def _campaign(root: Path, model: str | None = "anthropic:claude-x", goal: str = "min") -> Path:
+def _campaign(root: Path, model: str | None = "anthropic:claude-x", goal: str = "min", second: str | None = None) -> Path:
     """Two epochs: epoch 0 two hyper-parameter ideas (one fails) and a structural one; epoch 1 a
     structural idea, an idea that never became code, and a copy-cat of an epoch-0 text."""
     store = Store.create_or_open(root)
@@ -86,8 +86,9 @@ def _campaign(root: Path, model: str | None = "anthropic:claude-x", goal: str = 
         (1, "Rotary embeddings", "Add RoPE to attention.", None, None),
         (1, "Raise the learning rate", "LR from 1e-3 to 3e-3.", BASE.replace("1e-3", "3e-3").replace("64", "96"), 1.95),
     ]
-    for epoch, title, desc, after, metric in specs:
-        idea = store.add_idea(epoch, "initial" if epoch == 0 else "exploit", title, desc, origin=origin)
+    for n, (epoch, title, desc, after, metric) in enumerate(specs):
+        mine = {"model": second, "prompt": "x"} if second and n % 2 else origin  # a resume with another --model
+        idea = store.add_idea(epoch, "initial" if epoch == 0 else "exploit", title, desc, origin=mine)
         if after is None:
             store.add_implementation(idea, False, "", {}, [], "no edit applied")
             store.set_idea_status(idea, "implement_failed")
@@ -144,6 +145,18 @@ def test_best_so_far_per_model_and_offline(tmp_path):
     assert a["models"] == [{"label": "anthropic:claude-x", "points": [[0, 1.80], [1, 1.70]]}]
     b = _analyse(_campaign(tmp_path / "o", model=None))
     assert [s["label"] for s in b["models"]] == ["offline"]
+
+
+def test_one_campaign_with_two_models(tmp_path):
+    a = _analyse(_campaign(tmp_path / "c", second="openai:gpt-x"))
+    # ideas 1, 3, 5 (1.90, 1.80, implement_failed) from claude; 2, 4, 6 (failed, 1.70, 1.95) from gpt
+    assert a["models"] == [{"label": "anthropic:claude-x", "points": [[0, 1.80], [1, 1.80]]},
+                           {"label": "openai:gpt-x", "points": [[0, None], [1, 1.70]]}]
+    by = {g["label"]: (g["ideas"], g["evaluated"]) for g in a["by_kind"]["model"]}
+    assert by == {"anthropic:claude-x": (3, 2), "openai:gpt-x": (3, 2)}
+    page = write_report(tmp_path / "c", tmp_path / "r.html").read_text()
+    svg = re.search(r'<svg id="plot-models".*?</svg>', page, re.S).group(0)
+    assert re.findall(r'data-label="([^"]+)"', svg) == ["anthropic:claude-x", "openai:gpt-x"]
 
 
 def test_compare_draws_one_curve_per_campaign_and_model(tmp_path):
