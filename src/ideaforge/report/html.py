@@ -212,7 +212,7 @@ def _analyses(data: dict) -> str:
         {"label": "mean pairwise similarity", "points": [[e["epoch"], e["similarity"]] for e in epochs]},
         {"label": "distinct targets / ideas", "points": [[e["epoch"], e["targets"] / e["ideas"]] for e in epochs]},
     ]
-    many = len({s["label"].split(": ")[0] for s in a["models"]}) > 1 or a.get("compared")
+    many = bool(a.get("compared"))  # several campaigns: each has its own baseline, so no band
     figs = [
         ("Kinds of idea", svg.stacked_outcomes("plot-edit-kinds", epochs, EDIT_KINDS, colors=EDIT_COLORS, key="kinds",
                                                title="Hyper-parameter-only vs structural ideas, per epoch"),
@@ -227,7 +227,7 @@ def _analyses(data: dict) -> str:
         ("Best so far per model", svg.best_so_far("plot-models", a["models"], data["baseline"] if not many else None,
                                                   metric),
          "Best idea mean up to each epoch, one curve per model" + (" and campaign." if many else "; grey band: "
-                                                                   "baseline mean ± 2·std.")),
+                                                                   "this campaign's baseline mean ± 2·std.")),
     ]
     body = "".join(f'<figure><figcaption><b>{esc(t)}</b> <span>{esc(c)}</span></figcaption>{plot}</figure>'
                    for t, plot, c in figs)

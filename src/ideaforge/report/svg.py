@@ -144,13 +144,19 @@ def best_so_far(plot_id: str, series: list[dict], baseline: dict | None, metric:
         for (x, y), (e, v) in zip(xy, [(e, v) for e, v in s["points"] if v is not None]):
             body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}">'
                         f'<title>{esc(s["label"])} · epoch {e}: {esc(fmt(v, 5))}</title></circle>')
+    # The legend sits in a right-hand corner; the bottom one when a curve ends in the upper half (a
+    # metric to maximise climbs into the top right corner, where it would hide under the legend).
+    ends = [f.py(v) for s in series for v in [next((v for _, v in reversed(s["points"]) if v is not None), None)]
+            if v is not None]
+    low = any(y < (f.top + f.h - f.bottom) / 2 for y in ends)
     body.append(_legend([(s["label"], PALETTE[k % len(PALETTE)]) for k, s in enumerate(series)]
-                        + ([("baseline mean ± 2·std", "#94a3b8")] if baseline else []), f))
+                        + ([("baseline mean ± 2·std", "#94a3b8")] if baseline else []), f, bottom=low))
     return _svg(plot_id, width, height, "".join(body), title)
 
 
-def _legend(items: list[tuple[str, str]], f: Frame) -> str:
-    out, y = [], f.top + 4
+def _legend(items: list[tuple[str, str]], f: Frame, bottom: bool = False) -> str:
+    top = f.h - f.bottom - 15 * len(items) - 10 if bottom else f.top
+    out, y = [], top + 4
     x = f.w - f.right - 8
     for label, color in items:
         out.append(f'<rect x="{x - 10}" y="{y}" width="10" height="10" fill="{color}" rx="2"/>'
@@ -160,7 +166,7 @@ def _legend(items: list[tuple[str, str]], f: Frame) -> str:
         return ""
     # A white card behind the entries: the legend sits over the plot area (usually over the band).
     w = 24 + 6.2 * max(len(label) for label, _ in items)
-    card = (f'<rect x="{x - w:.1f}" y="{f.top}" width="{w + 4:.1f}" height="{15 * len(items) + 6}" '
+    card = (f'<rect x="{x - w:.1f}" y="{top}" width="{w + 4:.1f}" height="{15 * len(items) + 6}" '
             'fill="#fff" fill-opacity=".85" rx="4"/>')
     return f'<g class="legend-box">{card}{"".join(out)}</g>'
 
