@@ -67,6 +67,7 @@ def test_edit_kind_of_whole_diffs():
     assert edit_kind(_diff("", "X = 1\n", "extra.py").replace("a/extra.py", "/dev/null")) == STRUCTURAL  # a new file
     assert edit_kind("") == NO_CHANGE
     assert edit_target(_diff(BASE, BASE.replace("1e-3", "3e-4").replace("64", "128"))) == "LR + WIDTH"
+    assert edit_target(_diff(BASE, BASE + "\n\ndef gelu(x):\n    return x\n")) == "def gelu + return x"  # insertion
 
 
 # -- the analyses on a small synthetic store -------------------------------------------------------

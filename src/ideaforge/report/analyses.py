@@ -186,10 +186,11 @@ def _change_blocks(diff: str):
 
 def edit_target(diff: str) -> str:
     """What an edit changes, as the RL analysis names clusters: the names on the left of the lines
-    it removes (`LR + WIDTH`), or the files it adds."""
+    it removes (`LR + WIDTH`), of the lines it inserts where it removes none, or the files it adds
+    or deletes."""
     names: list[str] = []
     for path, whole_file, removed, added in _change_blocks(diff):
-        for line in (added if whole_file and not removed else removed):
+        for line in removed or added:
             left = re.split(r"=|\(", line, maxsplit=1)[0].strip() if not whole_file else path
             if left and left[:40] not in names:
                 names.append(left[:40])
