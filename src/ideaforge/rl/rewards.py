@@ -20,7 +20,7 @@ import math
 from math import comb
 from statistics import fmean, pstdev
 
-from ideaforge.stats import jaccard, tokens  # noqa: F401  (shared with the report's diversity)
+from ideaforge.stats import jaccard, tokens  # token-Jaccard, shared with the report
 
 EPS = 1e-6
 
