@@ -23,6 +23,7 @@ Two tests:
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from typing import Any
@@ -272,3 +273,29 @@ def drift(store: Any) -> list[dict]:
                     "mean": st.mean if st else None, "std": st.std if st else None,
                     **{k: _median([w[k] for w in work]) for k in ("steps", "tokens", "cpu_s")}})
     return out
+
+
+# -- similarity of idea texts (the RL analysis and the report's diversity per epoch) ------------
+_WORD = re.compile(r"[a-z0-9_.]+")
+
+
+def tokens(text: str) -> frozenset[str]:
+    """Lower-cased words, numbers and dotted names of a text, as a set."""
+    return frozenset(_WORD.findall((text or "").lower()))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    both = len(a & b)  # |a ∪ b| from the sizes: one set operation, not two
+    return both / (len(a) + len(b) - both)
+
+
+def mean_pairwise_similarity(texts: list[str]) -> float | None:
+    """Mean token-Jaccard similarity over every pair of texts (None for fewer than two): 1 = all alike."""
+    toks = [tokens(t) for t in texts]
+    n = len(toks)
+    if n < 2:
+        return None
+    total = sum(jaccard(toks[i], toks[j]) for i in range(n) for j in range(i + 1, n))
+    return total / (n * (n - 1) / 2)

@@ -24,7 +24,8 @@ def status(
     dir: Annotated[Path, typer.Argument(metavar="DIR", help=CAMPAIGN_DIR_HELP)],
     top: Annotated[int, typer.Option(callback=bound(1), help="leaderboard rows (>= 1)")] = 10,
 ) -> int:
-    """Leaderboard (mean ± std, beyond noise or not), per-epoch progress and failures, spend."""
+    """Leaderboard (mean ± std, beyond noise or not), per-epoch progress and failures, execution rate per kind
+    of idea, diversity, best so far per model, spend."""
     print_status(Campaign.open(dir), top=top)
     return 0
 
@@ -46,10 +47,12 @@ def report(
     dirs: Annotated[list[Path], typer.Argument(metavar="DIR", help=CAMPAIGN_DIR_HELP)],
     out: Annotated[Optional[Path], typer.Option(help="the HTML file to write [default: DIR/report.html]")] = None,
     compare: Annotated[Optional[list[Path]], typer.Option(
-        help="other campaign directories to overlay, e.g. a best-of-N control (--compare A B, or --compare A "
-        "--compare B)")] = None,
+        help="other campaign directories to overlay, e.g. a best-of-N control, or campaigns run with other models: "
+        "their best-so-far curves join this one's, and the per-model plot draws one curve per campaign and model "
+        "(--compare A B, or --compare A --compare B)")] = None,
 ) -> int:
-    """Write a self-contained HTML report of a campaign (plots, lineage, diffs, logs; opens offline)."""
+    """Write a self-contained HTML report of a campaign (plots, the reference's analyses, lineage, diffs, logs;
+    opens offline)."""
     from ideaforge.report import write_report
 
     compare = list(compare or [])

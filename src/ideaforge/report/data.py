@@ -10,6 +10,8 @@ the renderers never touch the database. Shape (keys that matter):
     leaderboard  rows of stats.leaderboard, best first, Stats flattened to mean/std/n, with the
                  contemporaneous baseline, the Welch p, its Holm-adjusted p and the verdict's words
     drift        stats.drift: per epoch, baseline re-runs and candidates with median steps/tokens/CPU s
+    analyses     analyses.analyse: execution rate per epoch and per kind of idea (hyper-parameter-only vs
+                 structural, prompt, model), diversity per epoch, best-so-far per model
     ideas        every idea with parents, children, implementations, trials, log tails
     state        what the live view polls (see `campaign_state`)
 
@@ -29,6 +31,7 @@ from typing import Any
 from ideaforge.stats import ALPHA, Stats, drift, leaderboard, trial_work, verdict
 from ideaforge.outcomes import IDEA_OUTCOMES
 from ideaforge.store import Store
+from ideaforge.report.analyses import analyse
 from ideaforge.report.rlview import rl_data
 
 LOG_TAIL_LINES = 30      # lines of train.out / train.err shown per trial
@@ -63,6 +66,9 @@ def _load(store: Store, details: bool = True) -> dict[str, Any]:
     base, rows = leaderboard(store, goal)
 
     ideas_out = _ideas(store, ideas, impls, trials, rows, details)
+    analyses = analyse(store, goal, rows)
+    for i in ideas_out:  # the idea list shows each idea's kind of edit and model
+        i.update({k: analyses["ideas"][i["id"]][k] for k in ("edit_kind", "model")})
     epochs = _epochs(ideas_out, goal)
     data: dict[str, Any] = {
         "dir": str(store.root),
@@ -75,6 +81,7 @@ def _load(store: Store, details: bool = True) -> dict[str, Any]:
         "compared": sum(r["stats"] is not None for r in rows),  # the number Holm corrects for
         "alpha": ALPHA,
         "drift": drift(store),
+        "analyses": analyses,
         "ideas": ideas_out,
         "baseline_trials": [_trial(store, t) for t in trials if t["role"] == "baseline"],
         "state": campaign_state(store),

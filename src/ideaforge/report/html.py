@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ideaforge.report import svg
+from ideaforge.report.analyses import EDIT_KINDS, HYPERPARAMETER, SIMILARITY_SAMPLE, STRUCTURAL, compare_models
 from ideaforge.report.assets import CSS, JS
 from ideaforge.report.data import OUTCOME_ORDER, compare_series, idea_details, load_campaign
 from ideaforge.report.rlview import rl_section
@@ -40,11 +41,16 @@ def write_report(campaign_dir: str | Path, out_path: str | Path | None = None,
                  compare: Iterable[str | Path] = ()) -> Path:
     """Write the report of `campaign_dir` (default DIR/report.html, its ideas' details in
     DIR/report_ideas/); `compare` campaigns are overlaid on the best-so-far plot (e.g. a
-    best-of-N control beside an evolve run)."""
+    best-of-N control beside an evolve run), and their models' curves on the per-model plot."""
     campaign_dir = Path(campaign_dir)
     data = load_campaign(campaign_dir, details=False)
+    compare = list(compare)
+    goal = data["summary"]["goal"]
     for other in compare:
-        data["series"] += compare_series(other, data["summary"]["goal"])
+        data["series"] += compare_series(other, goal)
+    if compare:
+        data["analyses"]["models"] = compare_models(compare, goal, data["analyses"], campaign_dir)
+        data["analyses"]["compared"] = [str(d) for d in compare]
     out = Path(out_path) if out_path else campaign_dir / REPORT_NAME
     out.parent.mkdir(parents=True, exist_ok=True)
     details = out.with_name(details_dir_name(out))
@@ -99,7 +105,8 @@ def render(data: dict[str, Any], live: bool = False, detail_src=None) -> str:
 def content(data: dict[str, Any], live: bool = False, detail_src=None) -> str:
     """Everything inside #content: the part the live view swaps on each change."""
     src = detail_src or (lambda i: f"report_ideas/{i // CHUNK}.js")
-    return "".join([_header(data, live), _summary(data), rl_section(data.get("rl")), _plots(data), _leaderboard(data),
+    return "".join([_header(data, live), _summary(data), rl_section(data.get("rl")), _plots(data), _analyses(data),
+                    _leaderboard(data),
                     _ideas(data, src), _baseline_trials(data)])
 
 
@@ -182,6 +189,84 @@ def _plots(data: dict) -> str:
     body = "".join(f'<figure><figcaption><b>{esc(t)}</b> <span>{esc(c)}</span></figcaption>{plot}</figure>'
                    for t, plot, c in figs)
     return f'<section id="plots"><h2>Search</h2><div class="plots">{body}</div></section>'
+
+
+# -- the reference's analyses -----------------------------------------------------------
+EDIT_COLORS = {HYPERPARAMETER: "#0891b2", STRUCTURAL: "#7c3aed", "no change": "#94a3b8", "not implemented": "#e2e8f0"}
+
+
+def _analyses(data: dict) -> str:
+    a = data.get("analyses")
+    if not a or not a["by_epoch"]:
+        return ""
+    metric, epochs = data["summary"]["metric"], a["by_epoch"]
+    xs = [e["epoch"] for e in epochs]
+
+    def rate(e: dict, kind: str | None) -> float | None:
+        ok, n = (e["evaluated"], e["ideas"]) if kind is None else e["kind_rates"][kind]
+        return ok / n if n else None
+
+    rates = [{"label": label, "points": [[e["epoch"], rate(e, kind)] for e in epochs]}
+             for label, kind in (("all ideas", None), (HYPERPARAMETER, HYPERPARAMETER), (STRUCTURAL, STRUCTURAL))]
+    diversity = [
+        {"label": "mean pairwise similarity", "points": [[e["epoch"], e["similarity"]] for e in epochs]},
+        {"label": "distinct targets / ideas", "points": [[e["epoch"], e["targets"] / e["ideas"]] for e in epochs]},
+    ]
+    many = bool(a.get("compared"))  # several campaigns: each has its own baseline, so no band
+    figs = [
+        ("Kinds of idea", svg.stacked_outcomes("plot-edit-kinds", epochs, EDIT_KINDS, colors=EDIT_COLORS, key="kinds",
+                                               title="Hyper-parameter-only vs structural ideas, per epoch"),
+         "From each idea's applied edit: only numeric literals changed (hyperparameter) or anything else."),
+        ("Execution rate by kind", svg.step_lines("plot-exec-by-kind", xs, rates, "ideas evaluated (share)", (0, 1),
+                                                  xlabel="epoch", title="Execution rate per epoch, by kind of idea",
+                                                  empty="no ideas yet"),
+         "Share of each epoch's ideas (of that kind) whose code ran and was scored."),
+        ("Diversity", svg.step_lines("plot-diversity", xs, diversity, "share / similarity", (0, 1), xlabel="epoch",
+                                     title="Idea diversity per epoch", empty="no ideas yet"),
+         "Token-Jaccard similarity of the epoch's idea texts (1 = all alike); distinct edit targets per idea."),
+        ("Best so far per model", svg.best_so_far("plot-models", a["models"], data["baseline"] if not many else None,
+                                                  metric),
+         "Best idea mean up to each epoch, one curve per model" + (" and campaign." if many else "; grey band: "
+                                                                   "this campaign's baseline mean ± 2·std.")),
+    ]
+    body = "".join(f'<figure><figcaption><b>{esc(t)}</b> <span>{esc(c)}</span></figcaption>{plot}</figure>'
+                   for t, plot, c in figs)
+    return (f'<section id="analyses"><h2>Analyses</h2><div class="plots">{body}</div>'
+            f'{_kind_table(a["by_kind"], metric)}{_epoch_table(epochs)}</section>')
+
+
+def _kind_table(by_kind: dict, metric: str) -> str:
+    names = {"edit": "kind of edit", "prompt": "prompt", "model": "model"}
+    rows = []
+    for group, members in by_kind.items():
+        for m in members:
+            rows.append(f'<tr data-group="{esc(group)}" data-label="{esc(m["label"])}"><td>{esc(names[group])}</td>'
+                        f'<td>{esc(m["label"])}</td><td class="num">{m["ideas"]}</td>'
+                        f'<td class="num">{m["evaluated"]} ({100 * m["exec_rate"]:.0f}%)</td>'
+                        f'<td class="num">{m["beats"]}</td><td class="num">{fmt(m["best"], 5)}</td></tr>')
+    return ('<table class="small" id="exec-by-kind"><caption>Execution rate per kind of idea: ideas whose code '
+            'ran and was scored; beats: ideas that beat their same-epoch baseline.</caption><thead><tr><th>by</th>'
+            f'<th>kind</th><th>ideas</th><th>evaluated</th><th>beats</th><th>best {esc(metric)}</th></tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table>')
+
+
+def _epoch_table(epochs: list[dict]) -> str:
+    def cell(ok_n: list[int]) -> str:
+        ok, n = ok_n
+        return f"{ok}/{n}" if n else "–"
+    rows = "".join(
+        f'<tr><td class="num">{e["epoch"]}</td><td class="num">{e["ideas"]}</td>'
+        f'<td class="num">{e["evaluated"]} ({100 * e["exec_rate"]:.0f}%)</td>'
+        + "".join(f'<td class="num">{cell(e["kind_rates"][k])}</td>' for k in EDIT_KINDS)
+        + f'<td class="num">{e["distinct"]}</td><td class="num">{e["targets"]}</td>'
+          f'<td class="num">{fmt(e["similarity"], 3)}</td></tr>' for e in epochs)
+    heads = "".join(f"<th>{esc(k)}<br>evaluated/ideas</th>" for k in EDIT_KINDS)
+    return (f'<table class="small" id="analyses-per-epoch"><caption>Per epoch: execution rate overall and per kind of '
+            f'idea; diversity as distinct ideas (title token sets), distinct edit targets (the names an edit '
+            f'changes) and mean pairwise similarity of the idea texts (over at most {SIMILARITY_SAMPLE} ideas of an epoch, '
+            'evenly spread).</caption><thead><tr><th>epoch</th>'
+            f'<th>ideas</th><th>evaluated</th>{heads}<th>distinct ideas</th><th>distinct targets</th>'
+            f'<th>similarity</th></tr></thead><tbody>{rows}</tbody></table>')
 
 
 # -- leaderboard ------------------------------------------------------------------------
@@ -267,7 +352,8 @@ def _idea(i: dict, titles: dict[int, str], src: str) -> str:
     win = ' <span class="badge win">beats baseline</span>' if i["beats"] else ""
     head = (f'<summary><span class="iid">#{i["id"]}</span> <span class="ititle">{esc(i["title"])}</span> '
             f'<span class="badge kind">{esc(i["kind"])}</span> <span class="badge">epoch {i["epoch"]}</span> '
-            f'{_outcome_badge(i["outcome"])} {score}{win}'
+            + (f'<span class="badge edit">{esc(i["edit_kind"])}</span> ' if i.get("edit_kind") else "")
+            + f'{_outcome_badge(i["outcome"])} {score}{win}'
             '</summary>')
     parts = [_lineage(i, titles), f'<div class="desc">{esc(i["description"])}</div>']
     if i["code_changes"]:

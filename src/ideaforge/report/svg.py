@@ -144,13 +144,19 @@ def best_so_far(plot_id: str, series: list[dict], baseline: dict | None, metric:
         for (x, y), (e, v) in zip(xy, [(e, v) for e, v in s["points"] if v is not None]):
             body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3.5" fill="{color}">'
                         f'<title>{esc(s["label"])} · epoch {e}: {esc(fmt(v, 5))}</title></circle>')
+    # The legend sits in a right-hand corner; the bottom one when a curve ends in the upper half (a
+    # metric to maximise climbs into the top right corner, where it would hide under the legend).
+    ends = [f.py(v) for s in series for v in [next((v for _, v in reversed(s["points"]) if v is not None), None)]
+            if v is not None]
+    low = any(y < (f.top + f.h - f.bottom) / 2 for y in ends)
     body.append(_legend([(s["label"], PALETTE[k % len(PALETTE)]) for k, s in enumerate(series)]
-                        + ([("baseline mean ± 2·std", "#94a3b8")] if baseline else []), f))
+                        + ([("baseline mean ± 2·std", "#94a3b8")] if baseline else []), f, bottom=low))
     return _svg(plot_id, width, height, "".join(body), title)
 
 
-def _legend(items: list[tuple[str, str]], f: Frame) -> str:
-    out, y = [], f.top + 4
+def _legend(items: list[tuple[str, str]], f: Frame, bottom: bool = False) -> str:
+    top = f.h - f.bottom - 15 * len(items) - 10 if bottom else f.top
+    out, y = [], top + 4
     x = f.w - f.right - 8
     for label, color in items:
         out.append(f'<rect x="{x - 10}" y="{y}" width="10" height="10" fill="{color}" rx="2"/>'
@@ -160,7 +166,7 @@ def _legend(items: list[tuple[str, str]], f: Frame) -> str:
         return ""
     # A white card behind the entries: the legend sits over the plot area (usually over the band).
     w = 24 + 6.2 * max(len(label) for label, _ in items)
-    card = (f'<rect x="{x - w:.1f}" y="{f.top}" width="{w + 4:.1f}" height="{15 * len(items) + 6}" '
+    card = (f'<rect x="{x - w:.1f}" y="{top}" width="{w + 4:.1f}" height="{15 * len(items) + 6}" '
             'fill="#fff" fill-opacity=".85" rx="4"/>')
     return f'<g class="legend-box">{card}{"".join(out)}</g>'
 
@@ -225,9 +231,11 @@ def rate_bars(plot_id: str, epochs: list[dict], width: int = 560, height: int = 
 
 
 def stacked_outcomes(plot_id: str, epochs: list[dict], order: Sequence[str], width: int = 560,
-                     height: int = 240) -> str:
-    """How each epoch's ideas ended, stacked: evaluated at the bottom, failure kinds above."""
-    title = "Where ideas ended, per epoch"
+                     height: int = 240, colors: dict[str, str] | None = None, key: str = "outcomes",
+                     title: str = "Where ideas ended, per epoch") -> str:
+    """How each epoch's ideas ended, stacked: evaluated at the bottom, failure kinds above (or any
+    per-epoch counts: `key` names the {kind: n} of each epoch, `colors` their colours)."""
+    colors = colors or OUTCOME_COLORS
     if not epochs:
         return _empty(plot_id, width, height, title, "no ideas yet")
     ids = [e["epoch"] for e in epochs]
@@ -240,20 +248,20 @@ def stacked_outcomes(plot_id: str, epochs: list[dict], order: Sequence[str], wid
     for e in epochs:
         acc = 0
         for kind in order:
-            n = e["outcomes"].get(kind, 0)
+            n = e[key].get(kind, 0)
             if not n:
                 continue
             if kind not in seen:
                 seen.append(kind)
             y0, y1 = f.py(acc), f.py(acc + n)
             body.append(f'<rect class="stack" data-kind="{esc(kind)}" x="{f.px(e["epoch"]) - bw / 2:.1f}" '
-                        f'y="{y1:.1f}" width="{bw:.1f}" height="{y0 - y1:.1f}" fill="{OUTCOME_COLORS.get(kind, "#888")}">'
+                        f'y="{y1:.1f}" width="{bw:.1f}" height="{y0 - y1:.1f}" fill="{colors.get(kind, "#888")}">'
                         f'<title>epoch {e["epoch"]}: {n} {esc(kind)}</title></rect>')
             acc += n
     y = f.top + 4
     for kind in seen:
         body.append(f'<rect x="{width - 124}" y="{y}" width="10" height="10" rx="2" '
-                    f'fill="{OUTCOME_COLORS.get(kind, "#888")}"/>'
+                    f'fill="{colors.get(kind, "#888")}"/>'
                     f'<text class="legend" x="{width - 110}" y="{y + 9}">{esc(kind)}</text>')
         y += 15
     return _svg(plot_id, width, height, "".join(body), title)
@@ -301,16 +309,18 @@ def _num(v: object) -> bool:
 
 # -- RL: per-step curves and cluster shares ------------------------------------------------------
 def step_lines(plot_id: str, steps: list[int], series: list[dict], ylabel: str,
-               y_range: tuple[float, float] | None = None, width: int = 560, height: int = 240) -> str:
-    """One line with dots per series ({"label", "points": [[step, value | None]]}) over RL steps."""
-    title = f"{ylabel} per RL step"
+               y_range: tuple[float, float] | None = None, width: int = 560, height: int = 240,
+               xlabel: str = "step", title: str | None = None, empty: str = "no finished step yet") -> str:
+    """One line with dots per series ({"label", "points": [[step, value | None]]}) over RL steps
+    (or any integer x: `xlabel="epoch"`)."""
+    title = title or f"{ylabel} per RL step"
     values = [v for s in series for _, v in s["points"] if v is not None]
     if not steps or not values:
-        return _empty(plot_id, width, height, title, "no finished step yet")
+        return _empty(plot_id, width, height, title, empty)
     f = Frame(width, height, (min(steps) - 0.3, max(steps) + 0.3), y_range or _y_range(values, None),
               pad_y=0.02 if y_range else 0.06)
     f.right = 150  # the legend beside the plot: lines near the top would run under it
-    body = [f.axes("step", ylabel, xticks=_int_ticks(steps), xtick_fmt=lambda v: str(int(v)))]
+    body = [f.axes(xlabel, ylabel, xticks=_int_ticks(steps), xtick_fmt=lambda v: str(int(v)))]
     for k, s in enumerate(series):
         color = PALETTE[k % len(PALETTE)]
         pts = [(x, v) for x, v in s["points"] if v is not None]
@@ -320,7 +330,7 @@ def step_lines(plot_id: str, steps: list[int], series: list[dict], ylabel: str,
         d = " ".join(f"{'M' if j == 0 else 'L'}{f.px(x):.1f},{f.py(v):.1f}" for j, (x, v) in enumerate(pts))
         body.append(f'<path class="series" data-label="{esc(s["label"])}" d="{d}" stroke="{color}"{dash}/>')
         body += [f'<circle cx="{f.px(x):.1f}" cy="{f.py(v):.1f}" r="3" fill="{color}">'
-                 f'<title>{esc(s["label"])} · step {x}: {esc(fmt(v, 4))}</title></circle>' for x, v in pts]
+                 f'<title>{esc(s["label"])} · {esc(xlabel)} {x}: {esc(fmt(v, 4))}</title></circle>' for x, v in pts]
     for k, s in enumerate(series):
         y = f.top + 4 + 15 * k
         body.append(f'<rect x="{width - 142}" y="{y}" width="10" height="10" rx="2" fill="{PALETTE[k % len(PALETTE)]}"/>'

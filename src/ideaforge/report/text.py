@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Callable
 
+from ideaforge.report.analyses import EDIT_KINDS, SIMILARITY_SAMPLE, analyse
 from ideaforge.report.data import log_tail
 from ideaforge.report.rlview import rl_status_lines
 from ideaforge.stats import ALPHA, drift, leaderboard, verdict
@@ -59,6 +60,7 @@ def status_lines(store: Store, env: str | None = None, metric: str | None = None
         n_ideas = sum(i["epoch"] == epoch for i in ideas)
         out.append(f"{epoch:>5} {n_ideas:>5} {f'{len(values)}/{n_ideas}':>8} "
                    f"{_fmt(best):>10} {_fmt(mean):>10}  " + (", ".join(f"{k} {v}" for k, v in sorted(fails.items())) or "-"))
+    out += analysis_lines(analyse(store, goal, rows), goal)
     if rl := rl_status_lines(store):  # an `ideaforge rl` run: its steps (epoch = step above)
         out += [""] + rl
     hours = store.trial_hours()
@@ -68,6 +70,38 @@ def status_lines(store: Store, env: str | None = None, metric: str | None = None
     if store.get_meta("stopped"):
         out.append(f"stopped early: {store.get_meta('stopped')}")
     out += requeue_lines(store)
+    return out
+
+
+def analysis_lines(a: dict, goal: str) -> list[str]:
+    """The reference's analyses as text: execution rate per kind of idea, per epoch by kind of edit with
+    diversity, and best so far per model."""
+    if not a["by_epoch"]:
+        return []
+    names = {"edit": "kind of edit", "prompt": "prompt", "model": "model"}
+    out = ["", "execution rate by kind of idea (hyperparameter: the edit changes only numeric literals; "
+               "structural: anything else)",
+           f"{'by':<13} {'kind':<24} {'ideas':>5} {'evaluated':>11} {'beats':>5} {'best':>10}"]
+    for group, members in a["by_kind"].items():
+        for m in members:
+            done = f"{m['evaluated']} ({100 * m['exec_rate']:.0f}%)"
+            out.append(f"{names[group]:<13} {m['label'][:24]:<24} {m['ideas']:>5} "
+                       f"{done:>11} {m['beats']:>5} {_fmt(m['best']):>10}")
+    short = {"hyperparameter": "hyperparam", "structural": "structural", "no change": "no change",
+             "not implemented": "not impl."}
+    out += ["", "per epoch: evaluated/ideas of each kind; diversity: distinct ideas, distinct edit targets, "
+                f"mean pairwise similarity of idea texts (1 = all alike; at most {SIMILARITY_SAMPLE} ideas an epoch)",
+            f"{'epoch':>5} {'ideas':>5} {'evaluated':>9} " + " ".join(f"{short[k]:>10}" for k in EDIT_KINDS)
+            + f" {'distinct':>8} {'targets':>7} {'similar':>7}"]
+    for e in a["by_epoch"]:
+        kinds = " ".join(f"{f'{ok}/{n}' if n else '-':>10}" for ok, n in (e["kind_rates"][k] for k in EDIT_KINDS))
+        sim = "-" if e["similarity"] is None else f"{e['similarity']:.2f}"
+        done = f"{e['evaluated']}/{e['ideas']}"
+        out.append(f"{e['epoch']:>5} {e['ideas']:>5} {done:>9} {kinds} "
+                   f"{e['distinct']:>8} {e['targets']:>7} {sim:>7}")
+    out += ["", f"best so far per model ({'lower' if goal == 'min' else 'higher'} is better), by epoch"]
+    for s in a["models"]:
+        out.append(f"  {s['label'][:28]:<28} " + " ".join(f"{_fmt(v):>10}" for _, v in s["points"]))
     return out
 
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from itertools import combinations
 from statistics import fmean
 
 from ideaforge.rl import records as R
 from ideaforge.rl.rewards import jaccard, tokens
+from ideaforge.stats import mean_pairwise_similarity
 from ideaforge.store import Store
 
 TITLE_CLUSTER_JACCARD = 0.5
@@ -62,12 +62,6 @@ def step_metrics(store: Store, only: int | None = None) -> list[dict]:
             "clusters": dict(every.most_common()),
         })
     return out
-
-
-def mean_pairwise_similarity(texts: list[str]) -> float | None:
-    toks = [tokens(t) for t in texts]
-    pairs = list(combinations(toks, 2))
-    return fmean(jaccard(a, b) for a, b in pairs) if pairs else None
 
 
 def clusters(store: Store) -> dict[str, list[int]]:

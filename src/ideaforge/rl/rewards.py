@@ -17,12 +17,12 @@ Advantages (per group of G rewards, shape [G]):
 from __future__ import annotations
 
 import math
-import re
 from math import comb
 from statistics import fmean, pstdev
 
+from ideaforge.stats import jaccard, tokens  # token-Jaccard, shared with the report
+
 EPS = 1e-6
-_WORD = re.compile(r"[a-z0-9_.]+")
 
 
 def trial_reward(kind: str, goal: str, trial: dict | None, failure: float,
@@ -44,16 +44,6 @@ def trial_reward(kind: str, goal: str, trial: dict | None, failure: float,
     mean, std = baseline
     sign = 1.0 if goal == "max" else -1.0
     return sign * (m - mean) / max(std, EPS)
-
-
-def tokens(text: str) -> frozenset[str]:
-    return frozenset(_WORD.findall((text or "").lower()))
-
-
-def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
-    if not a and not b:
-        return 1.0
-    return len(a & b) / len(a | b)
 
 
 def max_similarity(text: str, others: list[str]) -> float:
