@@ -376,8 +376,11 @@ def test_every_finished_trial_is_reported_before_its_slot_is_free(tmp_path):
     camp = Campaign.create(tmp_path / "camp", load_env(make_toy_env(tmp_path / "env")))
     with camp.store.tx():
         ids = [camp.store.add_trial("baseline", seed=s, budget_s=camp.spec.budget_s) for s in range(12)]
-    todo, seen = list(camp.store.trials()), set()
+    todo, seen, order = list(camp.store.trials()), set(), []
     with LocalExecutor(slots=4) as ex:
+        put, release = ex._events.put, ex._pool.release  # watched, not replaced: the order of the two
+        ex._events.put = lambda fin: (order.append("event"), put(fin))[1]
+        ex._pool.release = lambda ids, gpus: (order.append("free"), release(ids, gpus))[1]
         while todo or ex.running():
             while todo and ex.can_start(0):
                 trial = todo.pop(0)
@@ -385,6 +388,7 @@ def test_every_finished_trial_is_reported_before_its_slot_is_free(tmp_path):
                 ex.start(trial["id"], camp.prepare_trial_dir(trial))
             seen.update(fin.trial_id for fin in ex.wait(timeout=60))
     assert sorted(seen) == ids
+    assert all(order[:i + 1].count("event") > order[:i].count("free") for i in range(len(order))), order
 
 
 def test_slot_pool_counts_trials_leases_and_gpu_ids():
