@@ -2,6 +2,7 @@
 
     python benchmarks/chaos.py                 # 10 controller kills, seed 0
     python benchmarks/chaos.py --kills 14 --seed 3 --keep /tmp/chaos
+    python benchmarks/chaos.py --kills 10 --seed 2 --executor ray   # on a local 2-CPU Ray cluster
 
 Runs a small offline campaign on a toy environment (a noisy quadratic; a trial trains
 for ~0.75 s) twice: once uninterrupted (the twin), once while the controller is SIGKILLed
@@ -18,9 +19,15 @@ Then it resumes once more to the end and compares the two databases:
               a trial whose training ran to its end twice (where a jail lets the toy log it)
   stuck       trials not done, ideas left new/implementing, or a campaign not finished
   orphans     processes still running in the campaign directory after the last controller left
+              (with Ray: also processes in the campaign's node scratch, and worker actors left)
   leaderboard each idea's mean (and n) and the confirmed set, compared with the twin's
 
-and prints `lost 0, duplicated 0, stuck 0, orphans 0, same leaderboard` when all is well.
+and prints `lost 0, duplicated 0, stuck 0, orphans 0, same leaderboard` when all is well,
+then the faulted run's wall time over the twin's.
+
+With `--executor ray` both campaigns run on a local Ray cluster this script starts (2 CPUs,
+its own process, stopped at the end); `resume` is given no executor flag (the campaign saved
+its choice), and the worker killed mid-trial is the Ray actor process running a trial.
 Exit status: 0 when all is well, 1 otherwise.
 """
 
@@ -81,6 +88,15 @@ goal = "max"
 """
 RUN_ARGS = ["--epochs", "4", "--ideas", "4", "--baseline-seeds", "2", "--confirm-top", "2", "--confirm-seeds", "3",
             "--slots", "2", "--offline"]
+RAY_SCRATCH = "/tmp/ideaforge-ray"  # the Ray executor's default node-local scratch
+RAY_HOLDER = """
+import sys, ray
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+sys.stdin.read()
+ray.shutdown()
+"""
+EXECUTOR: list[str] = []  # `run`'s executor flags (set by main for --executor ray)
 
 
 def make_env(root: Path, runs_log: Path) -> Path:
@@ -102,7 +118,7 @@ def resume(camp: Path) -> subprocess.Popen:
     """What an operator does after a crash: resume, or start again if the campaign was never recorded
     (a controller killed while it created the campaign)."""
     if not query(camp, "SELECT 1 FROM meta WHERE key='created'"):
-        return controller(["run", "--env", str(camp.parent / "env"), "--dir", str(camp), *RUN_ARGS])
+        return controller(["run", "--env", str(camp.parent / "env"), "--dir", str(camp), *RUN_ARGS, *EXECUTOR])
     return controller(["resume", str(camp), "--slots", "2"])
 
 
@@ -164,8 +180,15 @@ def faulted_run(camp: Path, kills: int, rng: random.Random, log) -> int:
         elif event == "worker killed mid-trial":
             proc = resume(camp)
             sql = "SELECT pid FROM trials WHERE status='running' AND pid IS NOT NULL"
-            if wait_for(proc, camp, sql):
+            pid = None
+            if EXECUTOR:  # Ray: the actor process whose trial trains in the node scratch
+                deadline = time.monotonic() + 120
+                while pid is None and proc.poll() is None and time.monotonic() < deadline:
+                    pid = ray_actor_training()
+                    time.sleep(0.02)  # the polling interval of a condition
+            elif wait_for(proc, camp, sql):
                 pid = query(camp, sql)[0][0]
+            if pid:  # never 0: os.kill(0) would signal this script's own process group
                 try:
                     os.kill(pid, signal.SIGKILL)
                     log(f"worker {pid} SIGKILLed mid-trial")
@@ -203,6 +226,57 @@ def confirmation_kills(proc: subprocess.Popen, camp: Path, log, done: int) -> tu
             log(f"kill {done + n}: {what}")
         proc = resume(camp)
     return proc, n
+
+
+def ray_scratch_procs(camp: Path) -> list[int]:
+    """Processes working in this campaign's trials in the Ray node scratch."""
+    sys.path.insert(0, str(SRC))
+    from ideaforge.execute.ray.packing import campaign_key
+
+    prefix = os.path.join(RAY_SCRATCH, f"ideaforge-trial-{campaign_key(camp / 'trials' / '00000')}-")
+    found = []
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and os.readlink(p / "cwd").startswith(prefix):
+                found.append(int(p.name))
+        except OSError:
+            continue
+    return found
+
+
+def ray_actor_training() -> int | None:
+    """The pid of a Ray worker actor process (`ray::TrialActor`) with a trial running under it
+    (found by its children: a jailed trial's working directory is not visible from here)."""
+    actors, parents = set(), set()
+    for p in Path("/proc").iterdir():
+        try:
+            if not p.name.isdigit():
+                continue
+            if (p / "cmdline").read_bytes().startswith(b"ray::TrialActor"):
+                actors.add(int(p.name))
+            parents.add(int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]))
+        except (OSError, ValueError):
+            continue
+    return min(actors & parents, default=None)
+
+
+def ray_leftovers(address: str, camps: list[Path]) -> list[str]:
+    """Worker actors still alive on the cluster, and processes in the campaigns' node scratch,
+    once the last controller left (actor kills are asynchronous: wait a little for them)."""
+    import ray
+
+    ray.init(address=address, namespace="ideaforge", log_to_driver=False)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            left = [f"actor {a['name']}" for a in ray.util.list_named_actors(all_namespaces=True)
+                    if a["namespace"] == "ideaforge"]
+            left += [f"{pid}: in the Ray scratch" for camp in camps for pid in ray_scratch_procs(camp)]
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.2)  # the polling interval of a condition
+    finally:
+        ray.shutdown()
 
 
 def leaderboard(camp: Path) -> tuple[list, list]:
@@ -275,21 +349,54 @@ def main() -> int:
                                                           "phase adds two more)")
     ap.add_argument("--seed", type=int, default=0, help="seeds the kill schedule")
     ap.add_argument("--keep", help="work here and keep the campaigns (default: a temporary directory)")
+    ap.add_argument("--epochs", type=int, default=4, help="search epochs of both campaigns (more: more moments to kill)")
+    ap.add_argument("--executor", choices=["local", "ray"], default="local",
+                    help="ray: both campaigns run on a local 2-CPU Ray cluster started here")
     args = ap.parse_args()
+    RUN_ARGS[RUN_ARGS.index("--epochs") + 1] = str(args.epochs)
+    holder = None
+    if args.executor == "ray":
+        # Ray >= 2.5x turns token authentication on for new local clusters; clients send ~/.ray/auth_token.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        holder = subprocess.Popen([sys.executable, "-c", RAY_HOLDER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
+        address = holder.stdout.readline().strip()
+        if not address:
+            print("the local Ray cluster did not start", file=sys.stderr)
+            return 1
+        EXECUTOR.extend(["--executor", "ray", "--ray-address", address])
+        print(f"Ray cluster at {address} (2 CPUs)")
+    try:
+        return chaos(args, holder and address)
+    finally:
+        if holder is not None:
+            holder.stdin.close()
+            try:
+                holder.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                holder.kill()
+                holder.wait()
+
+
+def chaos(args, ray_address: str | None) -> int:
     with tempfile.TemporaryDirectory(prefix="ideaforge-chaos-") as tmp:
         work = Path(args.keep or tmp)
         work.mkdir(parents=True, exist_ok=True)
         runs_log = work / "runs.log"
         env = make_env(work / "env", runs_log)
         t0 = time.monotonic()
-        twin = controller(["run", "--env", str(env), "--dir", str(work / "twin"), *RUN_ARGS])
+        twin = controller(["run", "--env", str(env), "--dir", str(work / "twin"), *RUN_ARGS, *EXECUTOR])
         assert twin.wait(timeout=900) == 0, "the uninterrupted twin failed"
-        print(f"twin: {time.monotonic() - t0:.0f} s uninterrupted")
+        twin_s = time.monotonic() - t0
+        print(f"twin: {twin_s:.0f} s uninterrupted")
         runs_log.unlink(missing_ok=True)  # count the faulted run's trainings only
         t0 = time.monotonic()
         kills = faulted_run(work / "chaos", args.kills, random.Random(args.seed), lambda m: print("  " + m))
-        print(f"faulted: {time.monotonic() - t0:.0f} s")
+        faulted_s = time.monotonic() - t0
+        print(f"faulted: {faulted_s:.0f} s")
         r = compare(work / "twin", work / "chaos", runs_log)
+        if ray_address:
+            r["orphans"] += ray_leftovers(ray_address, [work / "twin", work / "chaos"])
         for o in r["orphans"]:
             print(f"  orphan: {o}")
         twice = ("not observable (trials are jailed)" if r["trained_twice"] is None
@@ -301,6 +408,8 @@ def main() -> int:
         ok = r["same"] and r["integrity"] and not (r["lost"] or r["duplicated"] or r["stuck"] or r["orphans"])
         if kills < args.kills:
             print(f"note: the campaign finished after {kills} of {args.kills} kills; use a longer one")
+        print(f"executor {args.executor}: faulted wall / twin wall = {faulted_s / twin_s:.2f} "
+              f"({faulted_s:.0f} s / {twin_s:.0f} s, {kills} controller kills)")
         return 0 if ok else 1
 
 

@@ -1,19 +1,26 @@
 """Slot utilisation and per-trial overhead of an executor on trivial trials.
 
-    python benchmarks/executor_overhead.py --trials 64 --slots 8 --seconds 1
+    python benchmarks/executor_overhead.py --trials 500 --seconds 0.5 --slots 16
+    python benchmarks/executor_overhead.py --executor ray --trials 100 --seconds 1 --slots 8
 
-Each trial's training is `sleep SECONDS`; its evaluator is one shell `printf`. The
-figures include everything ideaforge adds around a trial: laying out the workspace,
-writing the job, starting the detached worker, running the evaluator, reading the
-record and writing it to the campaign database.
+Each trial's command is a bash script whose first and last acts print the epoch time
+(`$EPOCHREALTIME`, no process started for it) around `sleep SECONDS`; its evaluator is one
+shell `printf`. A slot counts as busy only between those two stamps, read back from the
+trial's train.out: the shell's start-up, the jail, the worker, the evaluator and the
+controller's bookkeeping all count as overhead. The wall time is the campaign's, from
+the first trial handed out to the last result written to the database.
 
-utilisation = busy slot-seconds / (slots x wall seconds), where busy = training time
-overhead     = (slots x wall - busy) / trials
+utilisation = sum of command intervals / (slots x wall seconds)
+overhead    = (slots x wall - sum of command intervals) / trials
+lost        = trials not evaluated, or without exactly one recorded command run
+duplicated  = trials started more than once, or whose command ran more than once
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import re
 import sys
 import tempfile
 import time
@@ -31,7 +38,7 @@ description = "A trial that sleeps; measures the executor, not training."
 editable = ["train.sh"]
 hidden = ["evaluate.sh"]
 [run]
-command = "sh train.sh"
+command = "bash train.sh"
 budget_s = {seconds}
 [evaluate]
 command = "sh evaluate.sh"
@@ -54,7 +61,7 @@ def main() -> int:
         env = Path(tmp) / "env"
         env.mkdir()
         (env / "ideaforge.toml").write_text(TOML.format(seconds=args.seconds))
-        (env / "train.sh").write_text(f"sleep {args.seconds}\n")
+        (env / "train.sh").write_text(f'echo "T0 $EPOCHREALTIME"\nsleep {args.seconds}\necho "T1 $EPOCHREALTIME"\n')
         (env / "evaluate.sh").write_text("printf '{\"status\":\"ok\",\"metrics\":{\"score\":1}}' > \"$IDEAFORGE_RESULT\"\n")
         camp = Campaign.create(Path(tmp) / "camp", load_env(env))
         with camp.store.tx():
@@ -67,22 +74,36 @@ def main() -> int:
             executor = RayExecutor(args.ray_address, slots=args.slots, init_kwargs=init)
         else:
             executor = LocalExecutor(slots=args.slots)
+        starts: collections.Counter = collections.Counter()
+
+        def count(kind: str, info: dict) -> None:
+            if kind == "started":
+                starts[info["trial"]] += 1
+
         with executor:
             t0 = time.monotonic()
-            TrialRunner(camp, executor).drain()
+            TrialRunner(camp, executor, count).drain()
             wall = time.monotonic() - t0
         trials = camp.store.trials()
-        bad = [t for t in trials if t["outcome"] != "evaluated"]
-        if bad:
-            print(f"{len(bad)} trials did not evaluate: {bad[0]['outcome']}: {bad[0]['reason']}", file=sys.stderr)
-            return 1
-        busy = sum(t["train_s"] for t in trials)
+        busy, lost, duplicated = 0.0, args.trials - len(trials), 0
+        for t in trials:
+            out = camp.store.trial_dir(t["id"]) / "train.out"
+            text = out.read_text() if out.exists() else ""
+            t0s = [float(x) for x in re.findall(r"^T0 ([0-9.]+)$", text, re.M)]
+            t1s = [float(x) for x in re.findall(r"^T1 ([0-9.]+)$", text, re.M)]
+            if t["outcome"] != "evaluated" or not t0s or len(t0s) != len(t1s):
+                lost += 1
+                print(f"trial {t['id']}: {t['outcome']}: {t['reason']}", file=sys.stderr)
+                continue
+            duplicated += starts[t["id"]] > 1 or len(t0s) > 1
+            busy += sum(b - a for a, b in zip(t0s, t1s))
         util = busy / (args.slots * wall)
         overhead_ms = 1000 * (args.slots * wall - busy) / args.trials
         print(f"executor={args.executor} trials={args.trials} slots={args.slots} trial_seconds={args.seconds}")
-        print(f"wall {wall:.2f} s, busy {busy:.2f} slot-s")
-        print(f"utilisation {100 * util:.1f}%   overhead {overhead_ms:.0f} ms/trial")
-    return 0
+        print(f"wall {wall:.2f} s, busy {busy:.2f} slot-s (between the command's own first and last acts)")
+        print(f"utilisation {100 * util:.1f}%   overhead {overhead_ms:.0f} ms/trial   lost {lost}   "
+              f"duplicated {duplicated}")
+    return 0 if not (lost or duplicated) else 1
 
 
 if __name__ == "__main__":

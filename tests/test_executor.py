@@ -367,3 +367,51 @@ def test_smoke_timeouts_in_the_controller_leave_running_trials_alone(tmp_path):
     assert trial["outcome"] == "evaluated" and trial["metric"] == 3.0 and trial["attempt"] == 0
     assert sorted(r.ok for r in results) == [False, False, True, True]
     assert all("did not finish" in r.message for r in results if not r.ok)
+
+
+def test_every_finished_trial_is_reported_before_its_slot_is_free(tmp_path):
+    """A controller that stops once `running()` is 0 must have seen every trial's event: the
+    executor counts a trial as running until its event is out (its slot's release wakes the
+    controller, which must not find the trial gone and its event not yet there)."""
+    camp = Campaign.create(tmp_path / "camp", load_env(make_toy_env(tmp_path / "env")))
+    with camp.store.tx():
+        ids = [camp.store.add_trial("baseline", seed=s, budget_s=camp.spec.budget_s) for s in range(12)]
+    todo, seen, order = list(camp.store.trials()), set(), []
+    with LocalExecutor(slots=4) as ex:
+        put, release = ex._events.put, ex._pool.release  # watched, not replaced: the order of the two
+        ex._events.put = lambda fin: (order.append("event"), put(fin))[1]
+        ex._pool.release = lambda ids, gpus: (order.append("free"), release(ids, gpus))[1]
+        while todo or ex.running():
+            while todo and ex.can_start(0):
+                trial = todo.pop(0)
+                assert camp.store.claim(trial["id"])
+                ex.start(trial["id"], camp.prepare_trial_dir(trial))
+            seen.update(fin.trial_id for fin in ex.wait(timeout=60))
+    assert sorted(seen) == ids
+    assert all(order[:i + 1].count("event") > order[:i].count("free") for i in range(len(order))), order
+
+
+def test_slot_pool_counts_trials_leases_and_gpu_ids():
+    import threading
+
+    from ideaforge.errors import ExecutionError
+    from ideaforge.execute.base import SlotPool
+
+    woken = []
+    pool = SlotPool(2, 2, ["0", "1"], on_release=lambda: woken.append(1))
+    assert pool.acquire(1) == ["0"]
+    pool.adopt(["1"], 1)  # a trial an earlier controller started, on GPU 1
+    assert not pool.can_start(0)
+    with pytest.raises(ExecutionError, match="no free slot"):
+        pool.acquire(0, timeout=0.05)
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(pool.acquire(1, timeout=30)))
+    waiter.start()
+    pool.release(["1"], 1)
+    waiter.join(timeout=30)
+    assert got == [["1"]] and woken == [1]
+    with pytest.raises(ExecutionError, match="can never be served"):
+        with pool.lease(3):
+            pass
+    no_ids = SlotPool(1, 1)  # GPUs the scheduler assigns itself: counted, never named
+    assert no_ids.acquire(1) is None and not no_ids.can_start(0)

@@ -257,6 +257,98 @@ def test_killed_controller_reattaches_instead_of_rerunning(cluster, tmp_path):
     _no_actors_left()
 
 
+TIMED = """
+import sys, time
+from ideaforge.execute.ray import RayExecutor
+from ideaforge.search.campaign import Campaign, TrialRunner
+camp = Campaign.open(sys.argv[1])
+slots = int(sys.argv[3]) if len(sys.argv) > 3 else None
+with RayExecutor(sys.argv[2], slots=slots) as ex:
+    print("OWNER", ex.owner, flush=True)
+    t0 = time.monotonic()
+    TrialRunner(camp, ex, lambda kind, info: print(kind, info.get("trial"), round(time.monotonic() - t0, 2),
+                                                   flush=True)).drain()
+    print("drained", round(time.monotonic() - t0, 2), flush=True)
+    if len(sys.argv) > 4:
+        sys.stdin.read()  # hold the idle actors until killed
+"""
+
+
+def _owner_line(proc) -> str:
+    while not (line := proc.stdout.readline()).startswith("OWNER "):
+        assert line, "the controller ended before it said who it is"
+    return line.split()[1]
+
+
+def _actors_of(owner: str) -> list[str]:
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["namespace"] == "ideaforge" and a["name"].endswith("@" + owner)]
+
+
+def _wait_until(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_resume_after_a_controller_sigkill_reclaims_its_actors_and_reattaches_its_trials(cluster, tmp_path):
+    """Controller A holds 3 slots on a 2-CPU cluster: two trials run, the third waits in an actor
+    Ray cannot place. A is SIGKILLed; B resumes: it re-attaches (never re-runs) the two running
+    trials, kills the unplaceable actor at once instead of waiting on it, and leaves no actor of A."""
+    runs = tmp_path / "runs.log"
+    train = f"""
+    import json, os, time
+    seed = int(os.environ["IDEAFORGE_SEED"])
+    with open({str(runs)!r}, "a") as f:
+        f.write(f"{{seed}}\\n")
+    time.sleep(3.0 if seed < 2 else 0.2)
+    json.dump({{"score": 1.0 + seed}}, open(os.path.join(os.environ["IDEAFORGE_OUT"], "ckpt.json"), "w"))
+    """
+    camp = _campaign(tmp_path, train, 4)
+    first = subprocess.Popen([sys.executable, "-c", TIMED, str(camp.root), cluster, "3"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    owner = _owner_line(first)
+    _wait_lines(runs, 2)
+    _wait_until(lambda: len(camp.store.trials(status="running")) == 3, 30, "A to hand out three trials")
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert len(_actors_of(owner)) == 3  # two running trials, one waiting for a CPU
+    second = subprocess.run([sys.executable, "-c", TIMED, str(camp.root), cluster], capture_output=True, text=True,
+                            timeout=120)
+    out = second.stdout
+    assert second.returncode == 0, out + second.stderr
+    assert "attached 1" in out and "attached 2" in out, out
+    requeued = [float(line.split()[2]) for line in out.splitlines() if line.startswith("requeued 3 ")]
+    assert requeued and requeued[0] < 10, f"the unplaceable actor was waited on:\n{out}"
+    trials = camp.store.trials()
+    assert [(t["outcome"], t["metric"]) for t in trials] == [("evaluated", 1.0 + s) for s in range(4)]
+    assert sorted(runs.read_text().split()) == ["0", "1", "2", "3"], "a trial ran twice"
+    _wait_until(lambda: not _actors_of(owner), 10, "the dead controller's actors to go")
+    _no_actors_left()
+
+
+def test_idle_actors_exit_when_their_controller_dies(cluster, tmp_path):
+    camp = _campaign(tmp_path, """
+    import json, os
+    json.dump({"score": 1.0}, open(os.path.join(os.environ["IDEAFORGE_OUT"], "ckpt.json"), "w"))
+    """, 2)
+    proc = subprocess.Popen([sys.executable, "-c", TIMED, str(camp.root), cluster, "2", "hold"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        owner = _owner_line(proc)
+        while not (line := proc.stdout.readline()).startswith("drained"):
+            assert line, "the controller ended early"
+        assert _actors_of(owner), "the drained controller keeps its idle actors for reuse"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # No controller resumes: the actors see their owner's process gone and exit by themselves.
+        _wait_until(lambda: not _actors_of(owner), 15, "idle actors of a dead controller to exit")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_importing_ideaforge_does_not_import_ray():
     code = "import sys, ideaforge.execute.ray, ideaforge.search.campaign; print('ray' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -229,7 +229,7 @@ def resume(
     slots: SlotsOpt = None, gpus: GpusOpt = None, executor: ExecutorOpt = None, ray_address: RayAddressOpt = None,
 ) -> int:
     """Continue a stopped or crashed campaign (Ctrl-C, a crash, kill -9): finished trials are collected, live
-    ones re-attached, the rest re-queued; no idea is asked for twice. Give --executor ray again for Ray."""
+    ones re-attached, the rest re-queued; no idea is asked for twice. The executor and its address are the ones the campaign was started with."""
     choice = ExecutorChoice(executor, slots, gpus, ray_address)
     campaign = Campaign.open(dir)
     saved = campaign.config()
@@ -240,7 +240,7 @@ def resume(
         from ideaforge.store import Store
 
         campaign.store.close()
-        root = run_rl(None, None, dir=dir, resume=True, executor=choice.executor or "local", slots=slots,
+        root = run_rl(None, None, dir=dir, resume=True, executor=choice.executor, slots=slots,
                       ray_address=ray_address, on_event=print_event)
         store = Store.open_readonly(root)
         say(summary_text(store))

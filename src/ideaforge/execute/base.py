@@ -22,10 +22,12 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, ContextManager, Protocol, Sequence, runtime_checkable
+from typing import Callable, ContextManager, Iterator, Protocol, Sequence, runtime_checkable
 
-from ideaforge.errors import ConfigError
+from ideaforge.errors import ConfigError, ExecutionError
 from ideaforge.execute.events import Finished
 
 # How long `start()` waits for a slot that a smoke lease took between can_start() and start():
@@ -72,6 +74,100 @@ class Executor(Protocol):
     def __enter__(self) -> "Executor": ...
 
     def __exit__(self, *exc) -> None: ...
+
+
+class SlotPool:
+    """The slots and GPUs an executor lends, shared by trials and leases (smoke runs).
+
+    One mechanism for every backend: `acquire` takes a slot for a trial (waiting for one a
+    lease took meanwhile), `lease` holds one for a non-trial run (waiting leases go before
+    queued trials: `can_start` says no while one waits), `release` gives a trial's back.
+    GPUs are counted, and lent by id when `gpu_ids` is given (None: the backend's scheduler
+    assigns them, as Ray does for real GPUs; acquire then returns None).
+    `on_release` runs after every release (the executor wakes its controller there).
+    """
+
+    def __init__(self, slots: int, total_gpus: int, gpu_ids: Sequence[str] | None = None,
+                 on_release: Callable[[], None] = lambda: None):
+        if slots < 1:
+            raise ExecutionError(f"slots must be >= 1, got {slots}")
+        self.slots, self.total_gpus = slots, total_gpus
+        self._ids = None if gpu_ids is None else [str(g) for g in gpu_ids]
+        self._used_gpus = 0
+        self._trials = 0          # slots held by trials
+        self._leased = 0          # slots held by non-trial runs (smoke checks)
+        self.lease_waiting = 0    # leases waiting for a slot: trials do not jump ahead of them
+        self._on_release = on_release
+        self._cond = threading.Condition()
+
+    def _free(self, gpus: int) -> bool:  # holding the lock
+        return self._trials + self._leased < self.slots and self._used_gpus + gpus <= self.total_gpus
+
+    def _take(self, gpus: int) -> list[str] | None:  # holding the lock
+        self._used_gpus += gpus
+        if self._ids is None:
+            return None
+        ids, self._ids = self._ids[:gpus], self._ids[gpus:]
+        return ids
+
+    def _give(self, ids: list[str] | None, gpus: int) -> None:  # holding the lock
+        self._used_gpus -= gpus
+        if self._ids is not None and ids:
+            self._ids.extend(ids)
+        self._cond.notify_all()
+
+    def can_start(self, gpus: int = 0) -> bool:
+        with self._cond:
+            return not self.lease_waiting and self._free(gpus)
+
+    def acquire(self, gpus: int = 0, timeout: float = START_WAIT_S, what: str = "a trial") -> list[str] | None:
+        """A slot (and `gpus` GPU ids, returned) for a trial. A smoke lease may have taken the
+        slot since `can_start()`; it ends within its own time limit, so wait for it as a lease would."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._free(gpus), timeout=timeout):
+                raise ExecutionError(f"no free slot for {what}")
+            self._trials += 1
+            return self._take(gpus)
+
+    def adopt(self, ids: Sequence[str], gpus: int) -> None:
+        """Count a trial an earlier controller started (its GPU ids leave the free list)."""
+        with self._cond:
+            self._trials += 1
+            self._used_gpus += gpus
+            if self._ids is not None:
+                self._ids = [g for g in self._ids if g not in ids]
+
+    def release(self, ids: list[str] | None, gpus: int) -> None:
+        """A trial's slot and GPUs come back."""
+        with self._cond:
+            self._trials -= 1
+            self._give(ids, gpus)
+        self._on_release()
+
+    @contextmanager
+    def lease(self, gpus: int = 0) -> Iterator[list[str]]:
+        """Hold a slot (and `gpus` GPUs) for a run that is not a trial; blocks until one is free.
+
+        Yields the leased GPU ids ([] when the backend assigns GPUs itself). Releasing it runs
+        `on_release`, so the controller starts the next trial at once.
+        """
+        if gpus > self.total_gpus:
+            raise ExecutionError(f"a lease of {gpus} GPU(s) can never be served: there are {self.total_gpus}")
+        with self._cond:
+            self.lease_waiting += 1
+            try:
+                self._cond.wait_for(lambda: self._free(gpus))
+            finally:
+                self.lease_waiting -= 1
+            self._leased += 1
+            ids = self._take(gpus)
+        try:
+            yield ids or []
+        finally:
+            with self._cond:
+                self._leased -= 1
+                self._give(ids, gpus)
+            self._on_release()
 
 
 # A factory builds a backend from the campaign's saved choice and the environment's needs.

@@ -17,12 +17,10 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import ContextManager, Sequence
 
-from ideaforge.errors import ExecutionError
-from ideaforge.execute.base import START_WAIT_S
+from ideaforge.execute.base import SlotPool
 from ideaforge.execute.events import Events, Finished
 from ideaforge.execute.record import TrialRecord
 
@@ -34,16 +32,11 @@ class LocalExecutor:
     name = "local"
 
     def __init__(self, slots: int = 1, gpus: Sequence[str | int] = ()):
-        if slots < 1:
-            raise ExecutionError(f"slots must be >= 1, got {slots}")
-        self.slots = slots
-        self._free_gpus = [str(g) for g in gpus]
-        self.total_gpus = len(self._free_gpus)
         self._events = Events()
+        self._pool = SlotPool(slots, len(gpus), [str(g) for g in gpus], on_release=self._events.wake)
+        self.slots, self.total_gpus = slots, len(gpus)
         self._running: dict[int, tuple[int, list[str]]] = {}  # trial id -> (worker pid, gpu ids)
-        self._lock = threading.Condition()
-        self._leased = 0          # slots held by non-trial runs (smoke checks)
-        self._lease_waiting = 0   # leases waiting for a slot: trials do not jump ahead of them
+        self._lock = threading.Lock()
         # Idle workers, kept between trials: a trial's start is a pipe write, not an
         # interpreter start (which, 8 at a time on 2 cores, cost ~100 ms per trial).
         self._idle: list[subprocess.Popen] = []
@@ -54,55 +47,33 @@ class LocalExecutor:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- capacity ------------------------------------------------------------------
+    # -- capacity (the slot mechanism is base.SlotPool, shared with the Ray backend) ------
     def running(self) -> int:
         return len(self._running)
 
     def fits_ever(self, gpus: int) -> bool:
         return gpus <= self.total_gpus
 
-    def _free(self, gpus: int) -> bool:  # holding the lock
-        return len(self._running) + self._leased < self.slots and len(self._free_gpus) >= gpus
-
     def can_start(self, gpus: int = 0) -> bool:
-        with self._lock:
-            return not self._lease_waiting and self._free(gpus)
+        return self._pool.can_start(gpus)
 
-    @contextmanager
-    def lease(self, gpus: int = 0) -> Iterator[list[str]]:
+    @property
+    def _lease_waiting(self) -> int:
+        return self._pool.lease_waiting
+
+    def lease(self, gpus: int = 0) -> ContextManager[list[str]]:
         """Hold a slot (and `gpus` GPU ids, yielded) for a run that is not a trial, e.g. a smoke run.
 
         Blocks until one is free; waiting leases go before queued trials. Releasing it
         wakes `wait()`, so the controller starts the next trial at once.
         """
-        if gpus > self.total_gpus:
-            raise ExecutionError(f"a lease of {gpus} GPU(s) can never be served: this executor has {self.total_gpus}")
-        with self._lock:
-            self._lease_waiting += 1
-            try:
-                self._lock.wait_for(lambda: self._free(gpus))
-            finally:
-                self._lease_waiting -= 1
-            self._leased += 1
-            lease, self._free_gpus = self._free_gpus[:gpus], self._free_gpus[gpus:]
-        try:
-            yield lease
-        finally:
-            with self._lock:
-                self._leased -= 1
-                self._free_gpus.extend(lease)
-                self._lock.notify_all()
-            self._events.wake()
+        return self._pool.lease(gpus)
 
     # -- launching -----------------------------------------------------------------
     def start(self, trial_id: int, trial_dir: Path, gpus: int = 0) -> int:
         """Hand a prepared trial directory to a detached worker; returns the worker's pid."""
+        lease = self._pool.acquire(gpus, what=f"trial {trial_id}") or []
         with self._lock:
-            # A smoke lease may have taken the slot since can_start() (the trial directory was being
-            # prepared meanwhile); it ends within its own time limit, so wait for it as a lease would.
-            if not self._lock.wait_for(lambda: self._free(gpus), timeout=START_WAIT_S):
-                raise ExecutionError(f"no free slot for trial {trial_id}")
-            lease, self._free_gpus = self._free_gpus[:gpus], self._free_gpus[gpus:]
             proc = self._idle.pop() if self._idle else None
         order = (json.dumps({"dir": str(trial_dir), "gpus": lease}) + "\n").encode()
         try:
@@ -132,8 +103,8 @@ class LocalExecutor:
             fd = os.pidfd_open(pid)
         except (ProcessLookupError, OSError):
             return False
+        self._pool.adopt(gpus, len(gpus))
         with self._lock:
-            self._free_gpus = [g for g in self._free_gpus if g not in gpus]
             self._running[trial_id] = (pid, gpus)
         threading.Thread(target=self._wait_pidfd, args=(trial_id, trial_dir, fd), daemon=True).start()
         return True
@@ -155,12 +126,15 @@ class LocalExecutor:
     def _finish(self, trial_id: int, trial_dir: Path, reusable: subprocess.Popen | None) -> None:
         record = TrialRecord.read(trial_dir)
         with self._lock:
-            _, lease = self._running.pop(trial_id, (0, []))
-            self._free_gpus.extend(lease)
+            _, lease = self._running[trial_id]
             if reusable is not None:
                 self._idle.append(reusable)
-            self._lock.notify_all()  # a waiting lease may take the slot
+        # The event goes first: `running()` counts the trial until the controller can see why it
+        # ended. Then the slot comes back, and its release wakes the controller to fill it.
         self._events.put(Finished(trial_id, record, lease))
+        with self._lock:
+            self._running.pop(trial_id, None)
+        self._pool.release(lease, len(lease))  # a waiting lease may take the slot
 
     # -- events --------------------------------------------------------------------
     def wake(self) -> None:

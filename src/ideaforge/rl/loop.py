@@ -290,18 +290,8 @@ def _default_loader(cfg: RLConfig):
     return load
 
 
-def make_executor(kind: str, slots: int | None, spec, ray_address: str | None = None):
-    """The executor trials run on, from the backend registry: `local` (this machine's slots, one
-    at a time unless told) or `ray` (a cluster) or any registered backend."""
-    from ideaforge.execute.base import make_executor as build
-
-    if kind == "local" and slots is None:
-        slots = 1
-    return build(kind, slots=slots, address=ray_address, cpus_per_trial=spec.cpus, gpus_per_trial=spec.gpus)
-
-
 def run_rl(env: str | None, ideator: str | None, steps: int | None = None, group: int = 8, implementer: str | None = None,
-           reward: str = "auto", dir: str | Path | None = None, resume: bool = False, *, executor: str = "local",
+           reward: str = "auto", dir: str | Path | None = None, resume: bool = False, *, executor: str | None = None,
            slots: int | None = None, ray_address: str | None = None, on_event: Emit | None = None,
            smoke=None, policy_loader=None, **options) -> Path:
     """Run (or, with resume=True, continue) an RL campaign in `dir`; returns the campaign directory.
@@ -335,7 +325,10 @@ def run_rl(env: str | None, ideator: str | None, steps: int | None = None, group
                                   "and HF generate samples")
         spec = load_env(env)
         campaign = Campaign.create(dir, spec, {"command": "rl", "rl": cfg.to_dict(), "ideator": ideator})
-    ex = make_executor(executor, slots, campaign.spec, ray_address)
+    if not resume and executor in (None, "local") and slots is None:
+        slots = 1  # a new local RL run: one trial at a time unless told
+    # The campaign's saved choice (backend, slots, address) with what is given on top, saved for resume.
+    ex = campaign.make_executor(executor, slots=slots, address=ray_address)
     try:
         RLRun(campaign, ex, cfg, ideator, on_event=on_event, smoke=smoke, policy_loader=policy_loader).run()
     finally:

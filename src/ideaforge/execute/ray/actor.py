@@ -20,8 +20,37 @@ from ideaforge.execute.ray.packing import unpack
 
 LOG_FILES = ("train.out", "train.err", "eval.out", "eval.err", "worker.json")
 LOG_CAP = 1 << 20          # bytes of each log brought back (the tail: errors are at the end)
-IDLE_EXIT_S = 900.0        # an actor idle this long exits by itself (its controller is gone)
+HEARTBEAT_S = 5.0          # the controller pings each of its actors this often
+LEASE_S = 60.0             # an idle actor whose controller was silent this long exits by itself
 RESULT_KEEP_S = 86400.0    # ... or this long, when it holds a result no controller has collected
+CHECK_S = 1.0              # how often an actor looks at its controller (one /proc read)
+
+
+def process_identity(pid: int | None = None) -> str:
+    """`HOST/PID/START`: names one process for ever (a recycled pid has another start time)."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}/{pid}/{_start_ticks(pid)}"
+
+
+def owner_alive(owner: str) -> bool | None:
+    """Whether the controller `owner` (a `process_identity`) still runs; None when it ran on
+    another host (then only its silence tells)."""
+    try:
+        host, pid, start = owner.rsplit("/", 2)
+    except ValueError:
+        return None
+    if host != socket.gethostname():
+        return None
+    return _start_ticks(int(pid)) == start
+
+
+def _start_ticks(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return "gone"
+    return "gone" if fields[0] in "ZX" else fields[19]  # field 22 of stat: start time in clock ticks
 
 
 class TrialActor:
@@ -30,15 +59,34 @@ class TrialActor:
     It runs one trial at a time in a thread (so `stop()` is served while it trains) and
     keeps each result until the controller has written it down and calls `forget()`: a
     controller that crashed in between collects it with `result()`. Reuse matters: a new
-    Ray worker process costs ~0.5 s of CPU (measured on 2 cores). An actor left behind by
-    a controller that never came back exits by itself after IDLE_EXIT_S (RESULT_KEEP_S
-    while it holds an uncollected result).
+    Ray worker process costs ~0.5 s of CPU (measured on 2 cores).
+
+    It belongs to one controller (`owner`, a `process_identity`), which pings it every
+    HEARTBEAT_S; a controller that re-attaches a trial adopts the actor with `ping(owner)`.
+    An idle actor whose controller is gone exits by itself: at once when that controller
+    ran on this host and its process is dead, else after LEASE_S without a ping. An actor
+    running a trial never exits on its own (a resumed controller re-attaches to it); one
+    holding an uncollected result waits RESULT_KEEP_S for it. A resumed controller kills
+    the dead controller's actors it does not re-attach (`RayExecutor`'s reclaim).
     """
 
-    def __init__(self):
+    def __init__(self, owner: str = ""):
         self.trials: dict[str, dict] = {}  # key -> {"done": Event, "result": dict | None, "stopping": bool}
-        self.last_active = time.monotonic()
+        self.owner = owner
+        self.last_active = self.last_ping = time.monotonic()
         threading.Thread(target=self._exit_when_idle, daemon=True).start()
+
+    def ping(self, owner: str | None = None) -> None:
+        """The controller is alive; with `owner`, a new controller adopts this actor."""
+        if owner:
+            self.owner = owner
+        self.last_ping = time.monotonic()
+
+    def status(self) -> dict:
+        """Who owns this actor, how long it has been silent, and the trials it runs or holds."""
+        return {"owner": self.owner, "silent_s": time.monotonic() - self.last_ping,
+                "running": [k for k, st in list(self.trials.items()) if not st["done"].is_set()],
+                "held": [k for k, st in list(self.trials.items()) if st["done"].is_set()]}
 
     def run(self, key: str, order: dict, workspace: bytes, hidden: bytes) -> dict:
         """Run one trial to its end and return its result (also kept until `forget(key)`)."""
@@ -116,13 +164,15 @@ class TrialActor:
 
     def _exit_when_idle(self) -> None:
         while True:
-            time.sleep(10)
+            time.sleep(CHECK_S)  # a watchdog's period, not a wait for a condition
             states = list(self.trials.values())
             if any(not st["done"].is_set() for st in states):
-                continue
-            # A result nobody collected yet waits longer: its controller may be resumed.
-            limit = RESULT_KEEP_S if states else IDLE_EXIT_S
-            if time.monotonic() - self.last_active > limit:
+                continue  # a running trial: a resumed controller will re-attach to it
+            silent = time.monotonic() - max(self.last_ping, self.last_active)
+            if states:  # a result nobody collected yet waits longer: its controller may be resumed
+                if silent > RESULT_KEEP_S:
+                    os._exit(0)
+            elif owner_alive(self.owner) is False or silent > LEASE_S:
                 os._exit(0)
 
 

@@ -33,23 +33,23 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, ContextManager
 
 from ideaforge.errors import ExecutionError
-from ideaforge.execute.base import START_WAIT_S
+from ideaforge.execute.base import SlotPool
 from ideaforge.execute.events import Events, Finished
 from ideaforge.execute.job import atomic_write_json
-from ideaforge.execute.ray.actor import TrialActor
-from ideaforge.execute.ray.packing import pack_tree, trial_key
+from ideaforge.execute.ray.actor import HEARTBEAT_S, LEASE_S, TrialActor, owner_alive, process_identity
+from ideaforge.execute.ray.packing import campaign_key, pack_tree, trial_key
 from ideaforge.execute.record import TrialRecord
 
 NAMESPACE = "ideaforge"
 BLOB_CACHE = 256           # content-addressed objects the controller keeps referenced
 WAIT_S = 0.1               # ray.wait's bound, seconds: how soon a newly started trial is watched
 DEFAULT_SCRATCH = "/tmp/ideaforge-ray"  # node-local unpack directory on every worker node
+ACTOR_PREFIX = "ideaforge-worker-"  # + random hex + "@" + the creating controller's process_identity
 IDLE_KEEP_S = 60.0         # an idle worker actor is reused within this many seconds, else killed
 
 
@@ -106,17 +106,19 @@ class RayExecutor:
         if self.slots < 1:
             raise ExecutionError(f"slots must be >= 1, got {self.slots}")
         # Controller-leased ids exist only for a custom resource; Ray assigns real GPUs itself.
-        self._free_ids = [str(i) for i in range(self.total_gpus)] if gpu_resource != "GPU" else None
-        self._used_gpus = 0
-        self._leased = 0          # slots held by non-trial runs (smoke checks on the controller)
-        self._lease_waiting = 0   # leases waiting: trials do not jump ahead of them
+        self._events = Events()
+        self._pool = SlotPool(self.slots, self.total_gpus,
+                              [str(i) for i in range(self.total_gpus)] if gpu_resource != "GPU" else None,
+                              on_release=self._events.wake)
+        self.owner = process_identity()  # this controller, as its actors know it
+        self._reclaimed: set[str] = set()  # campaigns whose dead controllers' actors were reclaimed
         self._actor_cls = ray.remote(TrialActor)
         self._idle: list[tuple[tuple, Any, float]] = []  # (shape, actor, idle since), reused by shape
         self._blobs: OrderedDict[str, Any] = OrderedDict()  # sha256 -> ObjectRef
         self._hidden_sha: dict[tuple, str] = {}
         self._running: dict[int, _Run] = {}
         self._by_ref: dict[Any, int] = {}
-        self._events = Events()
+        self._pinged = time.monotonic()
         self._lock = threading.Condition()
         self._stopping = False
         self._closed = False
@@ -136,56 +138,23 @@ class RayExecutor:
     def fits_ever(self, gpus: int) -> bool:
         return gpus <= self._max_node_gpus  # a trial's GPUs are on one node
 
-    def _free(self, gpus: int) -> bool:  # holding the lock
-        return len(self._running) + self._leased < self.slots and self._used_gpus + gpus <= self.total_gpus
-
     def can_start(self, gpus: int = 0) -> bool:
-        with self._lock:
-            return not self._lease_waiting and self._free(gpus)
+        return self._pool.can_start(gpus)
 
-    @contextmanager
-    def lease(self, gpus: int = 0) -> Iterator[list[str]]:
+    def lease(self, gpus: int = 0) -> ContextManager[list[str]]:
         """Hold a slot (and `gpus` GPUs) for a run that is not a trial; see `LocalExecutor.lease`.
 
         Yields the leased ids for a custom GPU resource, else [] (Ray assigns real GPUs).
         """
-        if gpus > self.total_gpus:
-            raise ExecutionError(f"a lease of {gpus} GPU(s) can never be served: the cluster has {self.total_gpus}")
-        with self._lock:
-            self._lease_waiting += 1
-            try:
-                self._lock.wait_for(lambda: self._free(gpus))
-            finally:
-                self._lease_waiting -= 1
-            self._leased += 1
-            self._used_gpus += gpus
-            ids: list[str] = []
-            if self._free_ids is not None:
-                ids, self._free_ids = self._free_ids[:gpus], self._free_ids[gpus:]
-        try:
-            yield ids
-        finally:
-            with self._lock:
-                self._leased -= 1
-                self._used_gpus -= gpus
-                if self._free_ids is not None:
-                    self._free_ids.extend(ids)
-                self._lock.notify_all()
-            self._events.wake()
+        return self._pool.lease(gpus)
 
     # -- launching -----------------------------------------------------------------
     def start(self, trial_id: int, trial_dir: Path, gpus: int = 0) -> int:
         """Ship a prepared trial directory to a worker actor. Returns 0: there is no local pid."""
         trial_dir = Path(trial_dir).resolve()
         job = json.loads((trial_dir / "job.json").read_text())
-        with self._lock:
-            # A smoke lease may have taken the slot since can_start() (as in the local executor).
-            if not self._lock.wait_for(lambda: self._free(gpus), timeout=START_WAIT_S):
-                raise ExecutionError(f"no free slot for trial {trial_id}")
-            lease = None
-            if self._free_ids is not None:
-                lease, self._free_ids = self._free_ids[:gpus], self._free_ids[gpus:]
-            self._used_gpus += gpus
+        self._reclaim(trial_dir)  # once per campaign: after recover() re-attached what it wanted
+        lease = self._pool.acquire(gpus, what=f"trial {trial_id}")
         key = trial_key(trial_dir, trial_id)
         ws_sha, ws_ref = self._blob(pack_tree(trial_dir / "work"))
         hid_sha, hid_ref = self._hidden_blob(job)
@@ -224,16 +193,19 @@ class RayExecutor:
 
     def _new_actor(self, shape: tuple):
         cpus, gpus, memory_gb = shape
-        name = f"ideaforge-worker-{os.urandom(6).hex()}"
+        # The name carries the creating controller: an actor still waiting for resources cannot
+        # be asked who owns it, and one whose controller is dead is reclaimed by its name alone.
+        name = f"{ACTOR_PREFIX}{os.urandom(6).hex()}@{self.owner}"
+        # Each re-attaching controller's result() call holds one thread until the trial ends.
         opts: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "lifetime": "detached", "max_restarts": 0,
-                                "max_concurrency": 4, "num_cpus": cpus}
+                                "max_concurrency": 32, "num_cpus": cpus}
         if gpus and self.gpu_resource == "GPU":
             opts["num_gpus"] = gpus
         elif gpus:
             opts["resources"] = {self.gpu_resource: gpus}
         if memory_gb:
             opts["memory"] = int(memory_gb * (1 << 30))
-        return self._actor_cls.options(**opts).remote(), name
+        return self._actor_cls.options(**opts).remote(self.owner), name
 
     def attach(self, trial_id: int, trial_dir: Path) -> bool:
         """Wait again for a trial an earlier controller started. False when its actor is gone
@@ -244,16 +216,20 @@ class RayExecutor:
         try:
             info = json.loads((trial_dir / "ray.json").read_text())
             actor = self._ray.get_actor(info["actor"], namespace=info.get("namespace", NAMESPACE))
+            if self._actor_state(actor) != "ALIVE":
+                # Still waiting for resources (or restarting): its controller died before the trial
+                # reached it, so it can never know the trial. Nothing is lost by killing it.
+                self._kill(actor)
+                return False
+            # An alive actor answers at once (its calls run in their own threads); the bound is a backstop.
             if not self._ray.get(actor.knows.remote(info["key"]), timeout=30):
                 return False
+            actor.ping.remote(self.owner)  # adopted: its old controller is gone
         except (OSError, ValueError, KeyError, self._ray.exceptions.RayError):
             return False
         lease = list(info.get("gpus") or [])
         gpus = len(lease) if lease else int(json.loads((trial_dir / "job.json").read_text()).get("gpus", 0))
-        with self._lock:
-            if self._free_ids is not None:
-                self._free_ids = [g for g in self._free_ids if g not in lease]
-            self._used_gpus += gpus
+        self._pool.adopt(lease, gpus)
         self._track(trial_id, _Run(actor, info["actor"], actor.result.remote(info["key"]), trial_dir, info["key"],
                                    gpus, lease))
         return True
@@ -298,10 +274,12 @@ class RayExecutor:
         while True:
             with self._lock:
                 while not self._by_ref and not self._closed:
-                    self._lock.wait()
+                    self._lock.wait(HEARTBEAT_S if self._idle else None)
+                    self._heartbeat()
                 if self._closed:
                     return
                 refs = list(self._by_ref)
+                self._heartbeat()
             # Bounded, so that trials started meanwhile join the watched set within WAIT_S.
             ready, rest = ray.wait(refs, num_returns=1, timeout=WAIT_S)
             if ready and rest:
@@ -309,6 +287,73 @@ class RayExecutor:
                 ready += more
             for ref in ready:
                 self._collect(ref)
+
+    def _heartbeat(self) -> None:  # holding the lock
+        """Ping every actor of this controller once per HEARTBEAT_S (fire and forget): an
+        actor whose controller falls silent exits once idle (see `TrialActor`)."""
+        if time.monotonic() - self._pinged < HEARTBEAT_S:
+            return
+        self._pinged = time.monotonic()
+        for actor in [r.actor for r in self._running.values()] + [a for _, (a, _), _ in self._idle]:
+            try:
+                actor.ping.remote()
+            except Exception:  # a dead actor: its trial's call reports it
+                pass
+
+    def _actor_state(self, actor) -> str:
+        """ALIVE, PENDING_CREATION, DEPENDENCIES_UNREADY, RESTARTING or DEAD, from the GCS (no call
+        to the actor, which would wait for one that is not yet placed)."""
+        from ray._private import state
+
+        return state.actors(actor._actor_id.hex()).get("State", "DEAD")
+
+    def _reclaim(self, trial_dir: Path) -> None:
+        """Kill the actors of dead controllers that no one will collect from, once per campaign.
+
+        Runs at this campaign's first `start()`, after `recover()` re-attached (and adopted) what
+        it wanted. Of the actors no live controller owns, it kills those waiting for resources
+        (they never received a trial), the idle ones, and those whose trials are all this
+        campaign's: each such trial was collected, re-queued or re-attached elsewhere, so
+        finishing it would only run it twice. Actors running another campaign's trials are
+        left for that campaign's resume. Dead means: the controller's process is gone (same
+        host), or it has not pinged for LEASE_S (another host).
+        """
+        camp = campaign_key(trial_dir)
+        if camp in self._reclaimed:
+            return
+        self._reclaimed.add(camp)
+        ray = self._ray
+        with self._lock:
+            ours = {r.actor_name for r in self._running.values()} | {n for _, (_, n), _ in self._idle}
+        asked: dict[Any, tuple[str, Any]] = {}
+        for entry in ray.util.list_named_actors(all_namespaces=True):
+            name = entry["name"]
+            if entry["namespace"] != NAMESPACE or not name.startswith(ACTOR_PREFIX) or name in ours:
+                continue
+            try:
+                actor = ray.get_actor(name, namespace=NAMESPACE)
+                state = self._actor_state(actor)
+            except (ValueError, ray.exceptions.RayError):
+                continue  # gone meanwhile
+            if state == "ALIVE":
+                asked[actor.status.remote()] = (name, actor)
+            elif state != "DEAD" and owner_alive(name.partition("@")[2]) is False:
+                self._kill(actor)  # never placed: it holds no trial
+        # Alive actors answer at once (their calls run in their own threads); the bound is a backstop.
+        ready, _ = ray.wait(list(asked), num_returns=len(asked), timeout=10) if asked else ([], [])
+        prefix = f"ideaforge-trial-{camp}-"
+        for ref in ready:
+            name, actor = asked[ref]
+            try:
+                st = ray.get(ref)
+            except ray.exceptions.RayError:
+                continue
+            alive = owner_alive(st["owner"])
+            if alive or (alive is None and st["silent_s"] < LEASE_S):
+                continue
+            keys = st["running"] + st["held"]
+            if all(k.startswith(prefix) for k in keys):
+                self._kill(actor)
 
     def _collect(self, ref) -> None:
         ray = self._ray
@@ -348,13 +393,12 @@ class RayExecutor:
                 self._idle.append((run.shape, (run.actor, run.actor_name), time.monotonic()))
         else:
             self._kill(run.actor)
+        # The event first, then the slot (see LocalExecutor._finish): `running()` counts the trial
+        # until its event is out, and the slot's release wakes the controller to fill it.
+        self._events.put(Finished(trial_id, None if record is None else TrialRecord.read(run.trial_dir), gpus))
         with self._lock:
             self._running.pop(trial_id, None)
-            self._used_gpus -= run.gpus
-            if self._free_ids is not None:
-                self._free_ids.extend(run.lease)
-            self._lock.notify_all()  # a waiting lease may take the slot
-        self._events.put(Finished(trial_id, None if record is None else TrialRecord.read(run.trial_dir), gpus))
+        self._pool.release(run.lease, run.gpus)  # a waiting lease may take the slot
 
     def wake(self) -> None:
         """Make a waiting `wait()` return (with nothing): another stage has news."""
