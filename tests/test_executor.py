@@ -322,9 +322,9 @@ def test_training_dies_with_a_sigkilled_worker(tmp_path, isolate, monkeypatch):
     kids = [p for t in training_pids() for p in proctree.descendants(t)]
     os.kill(w.pid, 9)
     w.wait()
-    _wait_for(lambda: not training_pids(), 20, "training to die with its worker")
+    _wait_for(lambda: not training_pids(), 60, "training to die with its worker")
     if isolate:  # jailed, the whole tree goes; unjailed only the training process carries the signal
-        _wait_for(lambda: not any(_alive(p) for p in kids), 20, f"training's children to die: {[(p, open(f'/proc/{p}/cmdline').read()[:80], open(f'/proc/{p}/stat').read()[:60]) for p in kids if _alive(p)]}")
+        _wait_for(lambda: not any(_alive(p) for p in kids), 60, f"training's children to die: {[(p, open(f'/proc/{p}/cmdline').read()[:80], open(f'/proc/{p}/stat').read()[:60]) for p in kids if _alive(p)]}")
     for p in kids:  # unjailed leftovers: the test cleans up after itself
         try:
             os.kill(p, 9)
