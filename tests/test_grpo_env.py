@@ -150,7 +150,7 @@ def test_verifier_and_strict_grader_agree_and_neither_holds_the_answer():
 
 
 def test_demonstrations_are_imperfect_working():
-    """The SFT start's data: about 39% of the demonstrations end in a wrong answer, each wrong
+    """The SFT start's data: 38% of the demonstrations end in a wrong answer, each wrong
     by a wrong working step that later steps build on, so imitation alone is capped."""
     sys.path.insert(0, str(ENV.root))
     try:

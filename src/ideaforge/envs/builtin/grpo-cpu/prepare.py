@@ -14,8 +14,8 @@ Writes into $IDEAFORGE_PREPARED:
                demonstration per training problem. The demonstrations are imperfect, as
                human or model-written solutions are: each working step is wrong with
                probability STEP_NOISE (off by 1, 2 or 10), and later steps build on the wrong
-               value, so about 39% of the demonstrations end in a wrong answer. Imitating them
-               perfectly caps the accuracy near 0.61; the verifier's reward can do better.
+               value, so 38% of the demonstrations end in a wrong answer. Imitating them
+               perfectly caps the accuracy near 0.62; the verifier's reward can do better.
 The demonstrations are not written out: they are the SFT start's data, not train.py's.
 """
 

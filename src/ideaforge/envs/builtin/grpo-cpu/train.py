@@ -6,7 +6,7 @@ answer and not the working.
 
 The starting policy ($IDEAFORGE_PREPARED/sft.pt) was made by prepare.py: supervised
 fine-tuning on imperfect demonstrations (each working step wrong with probability 0.15, so
-about 39% end in a wrong answer). This script improves it with GRPO (Shao et al. 2024): for
+38% end in a wrong answer). This script improves it with GRPO (Shao et al. 2024): for
 each prompt it samples `group_size` completions, scores them with the verifier, normalises
 the rewards within each group into advantages, and takes a policy-gradient step with a
 clipped importance ratio.
