@@ -19,7 +19,7 @@ pytest.importorskip("torch")
 
 ENV = load_env("grpo-cpu")
 THREADS = "2"
-pytestmark = pytest.mark.timeout(1800)  # the session's [prepare] (450 SFT steps) is timed in the first test using it
+pytestmark = pytest.mark.timeout(1800)  # the session's [prepare] (700 SFT steps) is timed in the first test using it
 
 
 def _copy(rels, src: Path, dst: Path) -> Path:
@@ -93,12 +93,80 @@ def test_spec_is_valid():
 
 
 @pytest.mark.slow
-def test_prepare_writes_sft_and_disjoint_training_set(prepared):
+def test_prepare_writes_sft_and_disjoint_training_set_without_answers(prepared):
     assert (prepared / "sft.pt").is_file()
-    train = {json.loads(line)["prompt"] for line in (prepared / "train.jsonl").read_text().splitlines()}
+    rows = [json.loads(line) for line in (prepared / "train.jsonl").read_text().splitlines()]
     held = {json.loads(line)["prompt"] for line in (ENV.root / "eval/heldout.jsonl").read_text().splitlines()}
-    assert len(held) == 500 and len(train) == 16200 - 500
+    train = {r["prompt"] for r in rows}
+    assert len(held) == 500 and len(train) == len(rows) == 9 ** 4 - 500
     assert not train & held
+    # prompts and the verifier's keys only: no answer, no worked solution in the training data
+    assert all(set(r) == {"prompt", "key"} for r in rows)
+    assert all(len(r["key"]) == 16 and set(r["key"]) <= set("0123456789abcdef") for r in rows)
+    policy = _policy_module()
+    for r in rows[:200]:
+        total = sum(int(x) for x in r["prompt"][:-1].split("+"))
+        assert policy.answer_key(r["prompt"], str(total)) == r["key"]
+        assert policy.answer_key(r["prompt"], str(total + 1)) != r["key"]
+
+
+def _policy_module():
+    import types
+
+    module = types.ModuleType("grpo_policy_for_tests")
+    exec((ENV.root / "policy.py").read_text(), module.__dict__)
+    return module
+
+
+def _train_module():
+    import importlib.util
+
+    sys.path.insert(0, str(ENV.root))
+    try:
+        spec = importlib.util.spec_from_file_location("grpo_train_for_tests", ENV.root / "train.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(ENV.root))
+
+
+def test_verifier_and_strict_grader_agree_and_neither_holds_the_answer():
+    """The training reward (verifier) checks a completion against a key; the evaluator's
+    grader checks it against the held-out answer; both read only the final number of a
+    well-formed completion."""
+    policy, train = _policy_module(), _train_module()
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("grpo_eval_for_tests", ENV.root / "evaluate.py")
+    evaluate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(evaluate)
+    prompt, key = "7+8+5+3=", policy.answer_key("7+8+5+3=", "23")
+    cases = {"15,20,23.": 1.0, "15,21,23.": 1.0, "23.": 1.0, "15,20,23..,.": 1.0,  # only the final number counts
+             "15,20,24.": 0.0, "15,20,23": 0.0, "15,20,023.": 0.0, "15,,23.": 0.0, ".23": 0.0, "": 0.0}
+    for completion, want in cases.items():
+        assert train.reward_fn(completion, prompt, key) == want, completion
+        assert evaluate.grade([policy.STOI[c] for c in completion], 23) == want, completion
+
+
+def test_demonstrations_are_imperfect_working():
+    """The SFT start's data: 38% of the demonstrations end in a wrong answer, each wrong
+    by a wrong working step that later steps build on, so imitation alone is capped."""
+    sys.path.insert(0, str(ENV.root))
+    try:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("grpo_prepare_for_tests", ENV.root / "prepare.py")
+        prepare = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(prepare)
+    finally:
+        sys.path.remove(str(ENV.root))
+    problems = prepare.all_problems()
+    demos = prepare.demonstrations(problems)
+    assert demos == prepare.demonstrations(problems)  # fixed (seeded)
+    right = sum(c[:-1].split(",")[-1] == str(sum(d)) for d, (_, c) in zip(problems, demos)) / len(demos)
+    assert 0.55 < right < 0.67, right
+    assert all(len(c[:-1].split(",")) == 3 for _, c in demos)
 
 
 @pytest.mark.slow
@@ -124,7 +192,7 @@ def test_training_sampling_settings_cannot_change_the_score(prepared, sft_out, t
     base = (ENV.root / "train.py").read_text()
     edits = [
         ("temperature = 1.0  # sampling", "temperature = 0.1  # sampling"),
-        ("max_new_tokens = 5  # longest", "max_new_tokens = 1  # longest"),
+        ("max_new_tokens = 9  # longest", "max_new_tokens = 1  # longest"),
     ]
     accs = []
     for i, (old, new) in enumerate(edits):
@@ -134,7 +202,7 @@ def test_training_sampling_settings_cannot_change_the_score(prepared, sft_out, t
         assert res["status"] == "ok", res
         accs.append(res["metrics"]["accuracy"])
     assert accs[0] == accs[1]
-    assert accs[0] > 0.1  # the SFT policy already solves a fair share
+    assert 0.3 < accs[0] < 0.7  # the SFT policy solves a fair share, capped by its imperfect demonstrations
 
 
 def test_policy_class_is_not_in_the_editable_file_and_the_evaluator_trusts_only_the_pristine_one():

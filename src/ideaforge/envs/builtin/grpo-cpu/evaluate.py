@@ -3,14 +3,17 @@
 Loads $IDEAFORGE_OUT/policy.pt ({"config", "state_dict"}) with torch.load(weights_only=True)
 (a pickled object is refused, no code in it runs) into the trusted, fixed policy class of
 policy.py, and measures accuracy on the 500 held-out
-problems in eval/heldout.jsonl (drawn with random.Random(20240611) from all 16,200
-two-digit "+"/"-" problems; prepare.py excludes them from the training set).
+problems in eval/heldout.jsonl (drawn with random.Random(20240611) from all 6,561
+"a+b+c+d=" problems with digits 1..9; prepare.py excludes them from the training set).
 
 Sampling is fixed here, whatever train.py does: temperature 1, no top-k, K_SAMPLES answers
 per problem, each at most MAX_NEW tokens, from a torch.Generator seeded with EVAL_SEED; it
 calls only model(idx) -> logits [B, T, V]. The metric, accuracy, is the mean sampled reward:
-the fraction of the 500 * K_SAMPLES answers that are exactly the correct integer followed by
-the end marker "." (anything else, malformed or not, scores 0).
+the fraction of the 500 * K_SAMPLES completions whose final number is exactly right. A
+completion is working steps and a final number separated by ",", ended by "." ("15,20,23.");
+only the final number is graded (as MATH grades the boxed answer, not the working), and it
+counts only when the completion is well formed: a "." within MAX_NEW tokens and every field
+before it a plain number without leading zeros. Anything else scores 0.
 """
 
 import hashlib
@@ -22,11 +25,11 @@ import types
 import torch
 import torch.nn.functional as F
 
-VOCAB = "0123456789+-=."  # the fixed tokenizer: one character per token
+VOCAB = "0123456789+=,."  # the fixed tokenizer: one character per token
 END = VOCAB.index(".")
-PROMPT_LEN = 6
+PROMPT_LEN = 8
 K_SAMPLES = 4  # samples per held-out problem
-MAX_NEW = 5  # tokens generated per answer ("-99." and "198." need 4)
+MAX_NEW = 9  # tokens generated per completion (the longest right one, "17,26,35.", needs 9)
 EVAL_SEED = 20240611
 TEMPERATURE = 1.0
 # IDEAFORGE_EVAL_MODE=smoke (the harness's smoke check): the same loading and interface
@@ -42,16 +45,21 @@ def write(result):
 
 
 def grade(tokens, answer):
-    """Strict: the answer's exact digits, then "."; nothing else counts."""
+    """Strict: well-formed fields up to the first ".", the last being the answer's exact digits."""
     text = "".join(VOCAB[t] for t in tokens)
-    return 1.0 if "." in text and text[: text.index(".")] == str(answer) else 0.0
+    if "." not in text:
+        return 0.0
+    fields = text[: text.index(".")].split(",")
+    if not all(f.isdigit() and (f == "0" or not f.startswith("0")) for f in fields):
+        return 0.0
+    return 1.0 if fields[-1] == str(answer) else 0.0
 
 
 # No split evaluator is needed here (unlike nanogpt-cpu): the policy architecture is not
 # editable, so no edited code is ever imported. policy.py is visible, hence copied into the
 # workspace, where a trial could rewrite it at run time; it is executed only when its bytes
 # are exactly the pristine file's (tests/test_grpo_env.py keeps this digest in step).
-POLICY_SHA256 = "b5196530f93f3e5a7f599205ec66c4ced7cb9d9b5a9d811e7177947b71139083"
+POLICY_SHA256 = "2380446206262ef0bdc94b512ea2c58b98e8605ddaaad8ca2c9f08e6abe95969"
 
 
 def trusted_policy_module():

@@ -11,10 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ---------------------------------------------------------------- tokenizer
-VOCAB = "0123456789+-=."  # one character per token; "." ends an answer
+VOCAB = "0123456789+=,."  # one character per token; "," separates working steps, "." ends a completion
 STOI = {c: i for i, c in enumerate(VOCAB)}
 END = STOI["."]
-PROMPT_LEN = 6  # every prompt is "ab+cd=" or "ab-cd=": 6 tokens
+PROMPT_LEN = 8  # every prompt is four digits to add, "a+b+c+d=": 8 tokens
 
 
 def encode(s):
@@ -61,8 +61,33 @@ class GPT(nn.Module):
 
 
 def default_config():
-    return {"vocab": VOCAB, "vocab_size": len(VOCAB), "block_size": 16, "n_layer": 3, "n_head": 4, "n_embd": 80}
+    return {"vocab": VOCAB, "vocab_size": len(VOCAB), "block_size": 18, "n_layer": 3, "n_head": 4, "n_embd": 80}
 
 
 def build_model(config):
     return GPT(config)
+
+
+# ---------------------------------------------------------------- the verifier's answer key
+# train.jsonl holds, per problem, only the prompt and answer_key(prompt, answer): the
+# training reward can check a completion's final number against it without the answer
+# itself being in the data (as MATH's grader checks a final answer, not the working).
+KEY_SALT = "grpo-cpu/v2"
+
+
+def answer_key(prompt, final):
+    """The 16-hex-digit key of `final` (a string) as the answer to `prompt`."""
+    import hashlib
+
+    return hashlib.sha256(f"{KEY_SALT}|{prompt}|{final}".encode()).hexdigest()[:16]
+
+
+def final_answer(completion):
+    """The final number of a completion "s1,s2,s3." (the field after the last ",", before the
+    first "."), or None when it is malformed: no ".", or a field that is not a plain number."""
+    if "." not in completion:
+        return None
+    fields = completion[: completion.index(".")].split(",")
+    if not all(f.isdigit() and (f == "0" or not f.startswith("0")) for f in fields):
+        return None
+    return fields[-1]

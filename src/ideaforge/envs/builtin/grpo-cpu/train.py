@@ -1,16 +1,19 @@
-"""GRPO post-training of a tiny arithmetic policy, from scratch, on a fixed wall-clock budget.
+"""GRPO post-training of a tiny arithmetic policy, from scratch, on a fixed CPU-time budget.
 
-The task: given a prompt such as "37+58=" or "12-58=", write the answer followed by the
-end marker ".", e.g. "95." or "-46.". Operands are two-digit numbers (10..99).
+The task: given four digits to add, "7+8+5+3=", write the running sums as working steps
+and end with ".": "15,20,23.". Only the final number is graded, as MATH grades the final
+answer and not the working.
 
 The starting policy ($IDEAFORGE_PREPARED/sft.pt) was made by prepare.py: supervised
-fine-tuning on demonstrations of which about 30% have a wrong answer. This script improves
-it with GRPO (Shao et al. 2024): for each prompt it samples `group_size` answers, scores
-them with a verifiable reward, normalises the rewards within each group into advantages,
-and takes a policy-gradient step with a clipped importance ratio.
+fine-tuning on imperfect demonstrations (each working step wrong with probability 0.15, so
+38% end in a wrong answer). This script improves it with GRPO (Shao et al. 2024): for
+each prompt it samples `group_size` completions, scores them with the verifier, normalises
+the rewards within each group into advantages, and takes a policy-gradient step with a
+clipped importance ratio.
 
-Training problems are $IDEAFORGE_PREPARED/train.jsonl (the held-out evaluation problems
-are excluded from it). The final policy is saved to $IDEAFORGE_OUT/policy.pt as
+Training problems are $IDEAFORGE_PREPARED/train.jsonl: prompts and the verifier's answer
+keys, no answers and no worked solutions (the held-out evaluation problems are excluded
+from it). The final policy is saved to $IDEAFORGE_OUT/policy.pt as
 {"config": ..., "state_dict": ...}; the evaluator loads these weights into its own copy of
 the fixed policy class of policy.py (which this file may use but not change).
 """
@@ -24,14 +27,15 @@ import torch
 import torch.nn.functional as F
 
 # The tokenizer and the policy architecture are fixed and live in policy.py (read-only):
-# VOCAB, encode/decode, PROMPT_LEN, END, build_model(config) -> model(idx) -> logits [B, T, len(VOCAB)].
-from policy import END, PROMPT_LEN, VOCAB, build_model, decode, encode  # noqa: F401
+# VOCAB, encode/decode, PROMPT_LEN, END, build_model(config) -> model(idx) -> logits [B, T, len(VOCAB)],
+# and the verifier's pieces: final_answer(completion) and answer_key(prompt, final).
+from policy import END, PROMPT_LEN, VOCAB, answer_key, build_model, decode, encode, final_answer  # noqa: F401
 
 
 # ---------------------------------------------------------------- settings
 group_size = 8  # samples per prompt (G), count
 prompts_per_step = 32  # distinct prompts per rollout batch, count
-learning_rate = 1e-3  # AdamW step size, per optimizer step
+learning_rate = 1e-4  # AdamW step size, per optimizer step
 weight_decay = 0.0  # AdamW decoupled weight decay, per step
 betas = (0.9, 0.95)  # AdamW moment decay rates
 grad_clip = 1.0  # max global gradient norm, L2
@@ -42,14 +46,16 @@ advantage_eps = 1e-6  # added to the group std before dividing, reward units
 normalize_by_std = True  # divide group-centred rewards by the group std, bool
 loss_agg = "token"  # "token": mean over all response tokens in the batch; "sequence": mean per answer, then over answers
 temperature = 1.0  # sampling temperature for rollouts, dimensionless
-max_new_tokens = 5  # longest sampled answer incl. the "." end marker, tokens
+max_new_tokens = 9  # longest sampled completion incl. the "." end marker, tokens
 log_every = 10  # steps between METRIC lines, count
 
 
 # ---------------------------------------------------------------- reward (for training only; the evaluator has its own strict grader)
-def reward_fn(response, answer):
-    """1.0 when the response is exactly the answer followed by ".", else 0.0."""
-    return 1.0 if response.split(".")[0] == str(answer) and "." in response else 0.0
+def reward_fn(response, prompt, key):
+    """The verifier: 1.0 when the completion is well formed and its final number matches the
+    problem's answer key, else 0.0. It checks an answer; it cannot produce one."""
+    final = final_answer(response)
+    return 1.0 if final is not None and answer_key(prompt, final) == key else 0.0
 
 
 # ---------------------------------------------------------------- rollouts and loss
@@ -65,7 +71,7 @@ def sample(model, prompts, n_new, temp):
 
 
 def response_mask(seqs):
-    """1 for answer tokens up to and including the first ".", 0 after it. Shape [B, n_new]."""
+    """1 for completion tokens up to and including the first ".", 0 after it. Shape [B, n_new]."""
     resp = seqs[:, PROMPT_LEN:]
     is_end = (resp == END).int()
     ended_before = torch.cumsum(is_end, dim=1) - is_end  # ends strictly before this position
@@ -73,7 +79,7 @@ def response_mask(seqs):
 
 
 def token_logprobs(model, seqs):
-    """log pi(token | prefix) for every answer token. Shape [B, n_new]."""
+    """log pi(token | prefix) for every completion token. Shape [B, n_new]."""
     logits = model(seqs[:, :-1])[:, PROMPT_LEN - 1 :, :]
     return torch.gather(F.log_softmax(logits, dim=-1), 2, seqs[:, PROMPT_LEN:, None]).squeeze(2)
 
@@ -133,10 +139,10 @@ def main():
     while (time.process_time() if cpu_clock else time.time() - t0) < budget_s and not (smoke_steps and step >= smoke_steps):
         batch = rng.sample(problems, prompts_per_step)
         prompts = torch.tensor([encode(p["prompt"]) for p in batch for _ in range(group_size)])
-        answers = [p["answer"] for p in batch for _ in range(group_size)]
+        rows = [p for p in batch for _ in range(group_size)]
         model.eval()
         seqs = sample(model, prompts, max_new_tokens, temperature)
-        rewards = torch.tensor([reward_fn(decode(s[PROMPT_LEN:].tolist()), a) for s, a in zip(seqs, answers)])
+        rewards = torch.tensor([reward_fn(decode(s[PROMPT_LEN:].tolist()), p["prompt"], p["key"]) for s, p in zip(seqs, rows)])
         advantages = group_advantages(rewards)
         mask = response_mask(seqs)
         with torch.no_grad():
