@@ -225,3 +225,29 @@ def test_a_lease_waits_for_a_slot_and_goes_before_queued_trials(tmp_path):
         assert not ex.can_start(0)  # the waiting lease took the slot before any trial could
         held.__exit__(None, None, None)
         assert ex.can_start(0)
+
+
+# -- the last trial's event is never left unread --------------------------------------------------
+class _EndsAtOnce(LocalExecutor):
+    """A backend whose trials have ended, event queued and slot back, before the controller looks:
+    the moment the 500-trial overhead benchmark hit, when it spun forever on a trial 'running'."""
+
+    def start(self, trial_id, trial_dir, gpus=0):
+        from ideaforge.execute.events import Finished
+        from ideaforge.execute.record import TrialRecord
+
+        self._events.put(Finished(trial_id, TrialRecord("failed", reason="ended at once"), []))
+        return os.getpid()
+
+
+def test_a_trial_that_ended_before_the_controller_looked_is_collected(tmp_path):
+    camp = Campaign.create(tmp_path / "camp", load_env(make_toy_env(tmp_path / "env")))
+    tid = camp.store.add_trial("baseline", seed=0, budget_s=camp.spec.budget_s)
+    with _EndsAtOnce(slots=1) as ex:
+        runner = TrialRunner(camp, ex)
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (runner.drain(), done.set()), daemon=True)
+        t.start()
+        assert done.wait(30), "drain() spun on a trial whose end was already queued"
+    assert camp.store.trial(tid)["status"] == "done"
+    camp.close()

@@ -252,7 +252,11 @@ class TrialRunner:
         """Start what fits, then wait for at least one finished trial (or the timeout)."""
         self.start_queued()
         if self.executor.running() == 0 and self.pending()[0] == 0:
-            return  # everything queued was refused before it could run
+            # Nothing runs and nothing waits. A trial that just ended is still 'running' in the
+            # store: its event was queued before the executor stopped counting it, so take it now.
+            for fin in self.executor.wait(0):
+                self.handle(fin)
+            return
         # Trials run, or queued ones wait for a slot a lease (smoke run) holds: its release wakes us.
         for fin in self.executor.wait(timeout):
             self.handle(fin)
