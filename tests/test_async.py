@@ -4,16 +4,14 @@ generations read as epochs by status and the report, and a SIGKILLed controller 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from ideaforge.cli import main
+from test_search import quadratic_env  # the synthetic landscape of the search tests
 from ideaforge.envs import load_env
 from ideaforge.errors import ConfigError
 from ideaforge.execute.local import LocalExecutor
@@ -42,31 +40,8 @@ json.dump({"score": score}, open(os.path.join(os.environ["IDEAFORGE_OUT"], "ckpt
 
 
 def make_env(root: Path, sleep: float, log: Path | None = None) -> Path:
-    root.mkdir(parents=True)
     log_path = str(log) if log else None
-    (root / "train.py").write_text(TRAIN.replace("SLEEP", repr(sleep)).replace("LOG = None", f"LOG = {log_path!r}"))
-    (root / "evaluate.py").write_text(textwrap.dedent("""
-        import json, os
-        ck = json.load(open(os.path.join(os.environ["IDEAFORGE_OUT"], "ckpt.json")))
-        json.dump({"status": "ok", "metrics": {"score": ck["score"]}}, open(os.environ["IDEAFORGE_RESULT"], "w"))
-    """))
-    (root / "ideaforge.toml").write_text(textwrap.dedent("""
-        [env]
-        name = "quadratic"
-        description = "Maximise a noisy quadratic score of three settings."
-        [files]
-        editable = ["train.py"]
-        hidden = ["evaluate.py"]
-        [run]
-        command = "python train.py"
-        budget_s = 5
-        [evaluate]
-        command = "python evaluate.py"
-        [metric]
-        name = "score"
-        goal = "max"
-    """))
-    return root
+    return quadratic_env(root, TRAIN.replace("SLEEP", repr(sleep)).replace("LOG = None", f"LOG = {log_path!r}"))
 
 
 EPOCHS, IDEAS = 2, 4
@@ -131,21 +106,6 @@ def test_async_keeps_to_the_budget_with_contemporaneous_baselines(async_campaign
     # No barrier: ideas were asked for while candidate trials ran (evolve ideates only between epochs).
     assert any(t["started"] < b["created"] < t["ended"] for b in batches for t in candidates)
     store.close()
-
-
-@pytest.fixture
-def cli(monkeypatch, tmp_path, capsys):
-    """main() in this process; restores the signal handlers main() installs."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    monkeypatch.chdir(tmp_path)
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        rc = main(list(argv))
-        out, err = capsys.readouterr()
-        return rc, out, err
-    yield call
-    for s, h in saved.items():
-        signal.signal(s, h)
 
 
 def test_status_and_report_read_an_async_campaign(async_campaign, cli, tmp_path):

@@ -13,7 +13,6 @@ docs/environments.md ("Threat model").
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import socket

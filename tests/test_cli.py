@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -14,28 +13,13 @@ import pytest
 import typer
 
 from fakes.toyenv import make_toy_env
-from ideaforge.cli import app, main
+from ideaforge.cli import app
 from ideaforge.cli.common import minutes_to_seconds
 from ideaforge.errors import LLMError, MissingKey
 from ideaforge.llm.choose import DEFAULT_MODEL, check_reachable, choose_model
 from ideaforge.store import Store
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-
-
-@pytest.fixture
-def cli(monkeypatch, tmp_path, capsys):
-    """main() in this process, from tmp_path; restores the signal handlers main() installs."""
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    monkeypatch.chdir(tmp_path)
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        rc = main(list(argv))
-        out, err = capsys.readouterr()
-        return rc, out, err
-    yield call
-    for s, h in saved.items():
-        signal.signal(s, h)
 
 
 def _cli(*argv: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -231,9 +231,7 @@ def test_env_needing_more_gpus_than_lent_is_a_clear_error(tmp_path):
 
 
 # -- a run kills its own tree and nothing else (issue 16: smoke checks killed running trials) --------
-from pathlib import Path  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import threading  # noqa: E402
 
 from ideaforge.execute import jail, proctree, worker  # noqa: E402

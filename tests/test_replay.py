@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,6 @@ import pytest
 
 from fakes.llm_server import FakeLLMServer
 from fakes.toyenv import make_toy_env
-from ideaforge.cli import main
 from ideaforge.errors import LLMError
 from ideaforge.llm import CallRecord, complete
 from ideaforge.llm.replay import replay_model, replayer, request_hash
@@ -171,20 +169,6 @@ def test_identical_prompts_are_answered_in_recorded_order_then_miss(tmp_path):
     with pytest.raises(LLMError, match=r"first difference: the system prompt, line 1: recorded 'sys', now 'other'"):
         complete(spec, [{"role": "user", "content": "ideas please"}], system="other", purpose="ideate:initial")
     assert len(replayer(root).misses) == 3
-
-
-@pytest.fixture
-def cli(monkeypatch, tmp_path, capsys):
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    monkeypatch.chdir(tmp_path)
-
-    def call(*argv: str) -> tuple[int, str, str]:
-        rc = main(list(argv))
-        out, err = capsys.readouterr()
-        return rc, out, err
-    yield call
-    for s, h in saved.items():
-        signal.signal(s, h)
 
 
 def test_replay_refuses_another_model_and_a_directory_without_a_campaign(cli, tmp_path):

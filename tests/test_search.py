@@ -3,8 +3,6 @@ server (ideas and edits, some broken) over 3 epochs of nanogpt-cpu."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import subprocess
 import sys
@@ -38,9 +36,10 @@ json.dump({"score": score}, open(os.path.join(out, "ckpt.json"), "w"))
 """
 
 
-def quadratic_env(root: Path) -> Path:
+def quadratic_env(root: Path, train: str = QUADRATIC) -> Path:
+    """A noisy quadratic landscape: the given train.py, a trusted evaluator, the toml."""
     root.mkdir(parents=True)
-    (root / "train.py").write_text(QUADRATIC)
+    (root / "train.py").write_text(train)
     (root / "evaluate.py").write_text(textwrap.dedent("""
         import json, os
         ck = json.load(open(os.path.join(os.environ["IDEAFORGE_OUT"], "ckpt.json")))
