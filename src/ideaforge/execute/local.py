@@ -95,6 +95,9 @@ class LocalExecutor:
         The worker is found by its pid file and cwd (`find_worker`). Its stdin is the dead
         controller's pipe: after this trial it reads EOF and exits, which is what we wait for.
         """
+        with self._lock:
+            if trial_id in self._running:  # already watched: one waiter, one slot, one event per trial
+                return True
         pid = find_worker(trial_dir)
         if pid is None:
             return False
@@ -126,7 +129,10 @@ class LocalExecutor:
     def _finish(self, trial_id: int, trial_dir: Path, reusable: subprocess.Popen | None) -> None:
         record = TrialRecord.read(trial_dir)
         with self._lock:
-            _, lease = self._running[trial_id]
+            entry = self._running.get(trial_id)
+            if entry is None:  # already reported (a second waiter on one trial): report it once
+                return
+            _, lease = entry
             if reusable is not None:
                 self._idle.append(reusable)
         # The event goes first: `running()` counts the trial until the controller can see why it
